@@ -1,0 +1,155 @@
+"""Fire alert events onto the voicealert stream.
+
+Services call :class:`AlertProducer` (asyncio) or :class:`SyncAlertProducer`. Events are
+validated against :class:`schema.AlertEvent` before anything is written, so a bad event
+fails in the producer, with the field named, instead of becoming a dead letter.
+
+Producers in other languages need none of this: XADD one field, ``event``, holding the
+JSON object described by ``schema/alert_event.schema.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pydantic
+import redis
+import redis.asyncio
+
+from schema import AlertEvent
+
+DEFAULT_PREFIX = "voicealert:"
+
+
+class ValidationError(ValueError):
+    """An event that does not satisfy the contract; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    @classmethod
+    def from_pydantic(cls, exc: pydantic.ValidationError) -> ValidationError:
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first.get("loc", ()))
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not loc and ": " in message:  # model-level check that names its field itself
+            loc, message = message.split(": ", 1)
+        return cls(loc or "event", message)
+
+
+def build_event(**fields: Any) -> AlertEvent:
+    """An :class:`AlertEvent` from keyword fields, or :class:`ValidationError`."""
+    try:
+        return AlertEvent.model_validate({k: v for k, v in fields.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        raise ValidationError.from_pydantic(exc) from None
+
+
+def _stream_key(prefix: str) -> str:
+    return f"{prefix}events"
+
+
+def _decode(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+class AlertProducer:
+    """Writes validated alert events to the stream. Returns stream entry ids."""
+
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._redis = client
+        self._owns_client = False
+        self.stream = _stream_key(prefix)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> AlertProducer:
+        producer = cls(redis.asyncio.Redis.from_url(url), prefix=prefix)
+        producer._owns_client = True
+        return producer
+
+    async def fire(
+        self,
+        *,
+        alert_id: str,
+        group: str,
+        message: str,
+        tenant: str | None = None,
+        dedup_window_s: int | None = None,
+        mode: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        event = build_event(
+            alert_id=alert_id,
+            group=group,
+            message=message,
+            tenant=tenant,
+            dedup_window_s=dedup_window_s,
+            mode=mode,
+            metadata=dict(metadata) if metadata is not None else None,
+            event_id=event_id,
+        )
+        return await self.send(event)
+
+    async def resolve(
+        self, *, alert_id: str, tenant: str | None = None, event_id: str | None = None
+    ) -> str:
+        event = build_event(alert_id=alert_id, tenant=tenant, action="resolve", event_id=event_id)
+        return await self.send(event)
+
+    async def send(self, event: AlertEvent) -> str:
+        entry_id = await self._redis.xadd(self.stream, event.to_entry())  # type: ignore[arg-type]
+        return _decode(entry_id)
+
+    async def fire_many(self, events: Iterable[AlertEvent | Mapping[str, Any]]) -> list[str]:
+        """Validate every event first, then write them all in one pipelined round trip:
+        one invalid event means nothing is written."""
+        validated = [
+            e if isinstance(e, AlertEvent) else build_event(**dict(e)) for e in events
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in validated:
+                pipe.xadd(self.stream, event.to_entry())  # type: ignore[arg-type]
+            ids = await pipe.execute()
+        return [_decode(i) for i in ids]
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._redis.aclose()
+
+    async def __aenter__(self) -> AlertProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class SyncAlertProducer:
+    """The same API for code that is not async (each call runs its own short event loop)."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self._url = url
+        self._prefix = prefix
+
+    def _run(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async def call() -> Any:
+            async with AlertProducer.from_url(self._url, prefix=self._prefix) as producer:
+                return await getattr(producer, method)(*args, **kwargs)
+
+        return asyncio.run(call())
+
+    def fire(self, **fields: Any) -> str:
+        return str(self._run("fire", **fields))
+
+    def fire_many(self, events: Iterable[AlertEvent | Mapping[str, Any]]) -> list[str]:
+        return list(self._run("fire_many", list(events)))
+
+    def resolve(self, **fields: Any) -> str:
+        return str(self._run("resolve", **fields))
+
+
+__all__ = ["AlertEvent", "AlertProducer", "SyncAlertProducer", "ValidationError", "build_event"]

@@ -1,0 +1,32 @@
+"""The contracts: the alert event model, group members, migrations and the JSON Schema."""
+
+from pathlib import Path
+
+from schema.event import (
+    DEDUP_WINDOW_MAX_S,
+    DEFAULT_DEDUP_WINDOW_S,
+    DEFAULT_TENANT,
+    METADATA_MAX_BYTES,
+    AlertEvent,
+    Member,
+    normalize_phone,
+    strip_control_characters,
+)
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+MIGRATIONS_DIR = SCHEMA_DIR / "migrations"
+EVENT_SCHEMA_PATH = SCHEMA_DIR / "alert_event.schema.json"
+
+__all__ = [
+    "DEDUP_WINDOW_MAX_S",
+    "DEFAULT_DEDUP_WINDOW_S",
+    "DEFAULT_TENANT",
+    "EVENT_SCHEMA_PATH",
+    "METADATA_MAX_BYTES",
+    "MIGRATIONS_DIR",
+    "SCHEMA_DIR",
+    "AlertEvent",
+    "Member",
+    "normalize_phone",
+    "strip_control_characters",
+]

@@ -1,0 +1,163 @@
+"""The alert event as producers write it onto the stream (contract 1).
+
+The wire format is JSON, so this model is the single source of truth: the worker validates
+every stream entry against it, producers validate before writing, and
+``alert_event.schema.json`` is generated from it for producers in other languages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+METADATA_MAX_BYTES = 4096
+DEDUP_WINDOW_MAX_S = 86400
+DEFAULT_DEDUP_WINDOW_S = 300
+DEFAULT_TENANT = "default"
+
+# E.164: a plus, a non-zero country code digit, at most 15 digits in all.
+E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+# Separators people type inside phone numbers; removed before E.164 validation.
+_PHONE_SEPARATORS_RE = re.compile(r"[\s().\-]")
+
+
+def strip_control_characters(text: str) -> str:
+    """Remove control characters (Unicode category C*, which includes newlines and tabs).
+
+    A spoken message is one line; control characters would either be read out oddly by the
+    text-to-speech engine or, worse, be used to smuggle markup past a careless template.
+    Newlines and tabs become spaces so words do not run together.
+    """
+    text = text.replace("\n", " ").replace("\r", " ").replace("\t", " ")
+    return "".join(ch for ch in text if not unicodedata.category(ch).startswith("C"))
+
+
+def _clean_message(value: str) -> str:
+    cleaned = " ".join(strip_control_characters(value).split())
+    if not cleaned:
+        raise ValueError("must not be blank")
+    return cleaned
+
+
+def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON, got {size}")
+    return value
+
+
+def normalize_phone(value: str) -> str:
+    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise."""
+    candidate = _PHONE_SEPARATORS_RE.sub("", value.strip())
+    if candidate.startswith("00"):
+        candidate = "+" + candidate[2:]
+    if not E164_RE.match(candidate):
+        raise ValueError("must be a phone number in E.164 format, like +14155550100")
+    return candidate
+
+
+Identifier = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+]
+Message = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1000),
+    AfterValidator(_clean_message),
+]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata_size)]
+Phone = Annotated[str, AfterValidator(normalize_phone)]
+
+
+class AlertEvent(BaseModel):
+    """One alert event: the ``event`` field of one stream entry."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="AlertEvent",
+        json_schema_extra={
+            "if": {"properties": {"action": {"const": "trigger"}}},
+            "then": {"required": ["group", "message"]},
+            "else": {},
+        },
+    )
+
+    alert_id: Identifier = Field(description="Dedup identity of the alert.")
+    # Required for a trigger; a resolve names only the alert (see _require_trigger_fields).
+    group: Identifier | None = Field(
+        default=None, description="Name of the alert group to ring (required to trigger)."
+    )
+    message: Message | None = Field(
+        default=None,
+        description="Spoken on the call; control characters removed (required to trigger).",
+    )
+    tenant: Identifier = Field(
+        default=DEFAULT_TENANT, description="Scopes groups and dedup."
+    )
+    dedup_window_s: int = Field(
+        default=DEFAULT_DEDUP_WINDOW_S,
+        ge=0,
+        le=DEDUP_WINDOW_MAX_S,
+        description="Seconds during which the same alert_id rings nobody again; 0 = no dedup.",
+    )
+    action: Literal["trigger", "resolve"] = Field(
+        default="trigger", description="resolve cancels calls not yet answered."
+    )
+    mode: Literal["parallel", "sequential"] = Field(
+        default="parallel",
+        description="parallel rings everyone; sequential one member at a time.",
+    )
+    metadata: Metadata = Field(
+        default_factory=dict, description="Stored with the alert; at most 4 KiB as JSON."
+    )
+    event_id: Identifier | None = Field(
+        default=None, description="Idempotency key of the event itself."
+    )
+
+    @field_validator("dedup_window_s", mode="before")
+    @classmethod
+    def _reject_non_integers(cls, value: Any) -> Any:
+        # JSON true/false or 1.5 must not quietly become a window.
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number of seconds")
+        return value
+
+    @model_validator(mode="after")
+    def _require_trigger_fields(self) -> AlertEvent:
+        if self.action == "trigger":
+            missing = [name for name in ("group", "message") if getattr(self, name) is None]
+            if missing:
+                raise PydanticCustomError(
+                    "missing", "{field}: field required to trigger", {"field": missing[0]}
+                )
+        return self
+
+    @property
+    def is_trigger(self) -> bool:
+        return self.action == "trigger"
+
+    def to_entry(self) -> dict[str, str]:
+        """The stream entry fields for this event (contract 1: one field, ``event``)."""
+        return {"event": self.model_dump_json(exclude_none=True)}
+
+
+class Member(BaseModel):
+    """One member of an alert group, in ring order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Identifier
+    phone: Phone

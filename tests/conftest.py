@@ -1,0 +1,208 @@
+"""Fixtures against real services: Redis, Postgres, and the fake Twilio over HTTP.
+
+- Postgres: a template database is migrated once per session; every test gets a fresh
+  database cloned from it (``CREATE DATABASE ... TEMPLATE``), dropped afterwards.
+- Redis: tests use logical database 15, flushed before each test, and a per-test prefix.
+- Missing services fail the run with one line; they are never silently skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis
+import redis.asyncio
+from arq.connections import ArqRedis, create_pool
+
+from tests.fake_twilio import FakeTwilio
+from worker.config import Settings, load_settings
+from worker.db import maintenance_url
+from worker.logs import configure_logging
+
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/voicealert")
+TEST_REDIS_DB = 15
+TEMPLATE_DB = "voicealert_test_template"
+FROM_NUMBER = "+15005550006"
+
+_counter = itertools.count(1)
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def with_redis_db(url: str, index: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{index}"))
+
+
+TEST_REDIS_URL = with_redis_db(REDIS_URL, TEST_REDIS_DB)
+
+
+def _check_services() -> None:
+    try:
+        redis.Redis.from_url(TEST_REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.exceptions.RedisError as exc:
+        pytest.exit(f"Redis is not reachable at {REDIS_URL} ({exc}); run the tests through "
+                    "scripts/test, which starts one", returncode=3)
+
+    async def pg() -> None:
+        conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(pg())
+    except Exception as exc:
+        pytest.exit(f"Postgres is not reachable at {DATABASE_URL} ({exc}); run the tests "
+                    "through scripts/test, which starts one", returncode=3)
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_database() -> str:
+    """Migrated once per session; tests clone it."""
+    _check_services()
+    from worker.migrate import migrate
+
+    async def build() -> None:
+        await _admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        await migrate(with_database(DATABASE_URL, TEMPLATE_DB))
+
+    asyncio.run(build())
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def database_url(template_database: str) -> Iterator[str]:
+    name = f"voicealert_test_{os.getpid()}_{next(_counter)}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    yield with_database(DATABASE_URL, name)
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    _check_services()
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"vatest{next(_counter)}:"
+
+
+@pytest.fixture
+def fake_twilio() -> Iterator[FakeTwilio]:
+    with FakeTwilio() as fake:
+        yield fake
+
+
+@pytest.fixture
+def env(database_url: str, redis_url: str, prefix: str, fake_twilio: FakeTwilio) -> dict[str, str]:
+    """The environment a worker under test runs with: real twilio client, fake Twilio."""
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "VOICEALERT_REDIS_PREFIX": prefix,
+        "TWILIO_ACCOUNT_SID": fake_twilio.account_sid,
+        "TWILIO_AUTH_TOKEN": fake_twilio.auth_token,
+        "TWILIO_FROM_NUMBER": FROM_NUMBER,
+        "TWILIO_API_BASE_URL": fake_twilio.base_url,
+        "VOICEALERT_CALLS_PER_SECOND": "200",
+        "VOICEALERT_RETRY_BASE_S": "0.05",
+        "VOICEALERT_RETRY_CAP_S": "0.5",
+        "VOICEALERT_PROVIDER_TIMEOUT_S": "2",
+        "VOICEALERT_RECLAIM_IDLE_S": "2",
+        "VOICEALERT_RECLAIM_INTERVAL_S": "0.5",
+        "VOICEALERT_INGEST_BLOCK_MS": "100",
+        "VOICEALERT_LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture
+async def db_conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    from worker import db
+
+    conn = await db.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    from arq.connections import RedisSettings
+
+    client = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _logging() -> None:
+    configure_logging("console", "warning")
+
+
+class InProcessWorker:
+    """A real WorkerProcess (arq loop + stream consumer) running in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.app import WorkerProcess
+
+        self.process = WorkerProcess(settings)
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> InProcessWorker:
+        self.task = asyncio.create_task(self.process.run(install_signals=False))
+        for _ in range(200):
+            if self.process.consumer is not None:
+                return self
+            await asyncio.sleep(0.02)
+        raise RuntimeError("worker did not start")
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        if not self.task.done():
+            self.process.request_stop(signal.SIGTERM)
+        return await asyncio.wait_for(self.task, 30)
+
+    @property
+    def services(self) -> Any:
+        return self.process.worker.ctx["services"]
+
+
+@pytest.fixture
+async def start_worker(settings: Settings) -> AsyncIterator[Any]:
+    """Start in-process workers (several for scaling tests); all are stopped after the test."""
+    started: list[InProcessWorker] = []
+
+    async def start(custom: Settings | None = None) -> InProcessWorker:
+        worker = await InProcessWorker(custom or settings).start()
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.stop()

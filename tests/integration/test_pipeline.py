@@ -1,0 +1,57 @@
+"""One event through the whole pipeline: stream → dedup → rows → jobs → fake Twilio → calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+
+from producers import AlertProducer
+from schema import Member
+from tests.conftest import FROM_NUMBER
+from tests.fake_twilio import FakeTwilio
+from worker import db
+from worker.config import Settings
+
+PHONES = ["+14155550100", "+14155550101", "+14155550102"]
+
+
+async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,
+                     tenant: str = "default") -> None:
+    members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]
+    await db.upsert_group(conn, tenant, name, members)
+
+
+async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_event_to_three_member_group_places_three_calls_that_complete(
+    settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio, start_worker: Any
+) -> None:
+    await make_group(db_conn)
+    await start_worker()
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire(alert_id="db-down", group="oncall", message="Primary database is down")
+
+    async def all_completed() -> bool:
+        rows = await db.list_calls(db_conn, alert_id="db-down")
+        return len(rows) == 3 and all(r.status == "completed" for r in rows)
+
+    await wait_for(all_completed)
+    creates = fake_twilio.creates()
+    assert sorted(c.form["To"][0] for c in creates) == PHONES
+    assert {c.form["From"][0] for c in creates} == {FROM_NUMBER}
+    assert all("Primary database is down" in c.form["Twiml"][0] for c in creates)
+    rows = await db.list_calls(db_conn, alert_id="db-down")
+    assert all(r.provider_sid and r.provider_sid.startswith("CA") for r in rows)
+    assert all(r.duration_s and r.duration_s >= 1 for r in rows)
+    alert_status = await db_conn.fetchval("SELECT status FROM alerts WHERE alert_id = 'db-down'")
+    assert alert_status == "answered"

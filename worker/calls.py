@@ -1,0 +1,170 @@
+"""The ``place_call`` job: one call to one member, placed at most once on purpose.
+
+Order matters: the attempt is written before the POST, so after a crash or an ambiguous
+failure the next run knows a call may exist and looks it up at the provider before dialing
+again. Permanent refusals are not retried; throttling and refused connections are retried
+with backoff and jitter at a fresh rate-limit slot; ambiguous failures are retried only after
+the lookup.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq import Retry
+
+from worker import db
+from worker.context import Services
+from worker.dead_letters import call_letter
+from worker.logs import get_logger
+from worker.outcomes import after_status_change, record_provider_call, schedule_poll
+from worker.providers import (
+    AmbiguousProviderError,
+    PermanentProviderError,
+    ProviderCall,
+    ProviderError,
+    ThrottledProviderError,
+)
+from worker.retries import backoff_s
+from worker.twiml import alert_twiml
+
+log = get_logger(__name__)
+
+# Provider clocks and ours differ; the lookup window starts this much before our attempt.
+LOOKUP_SLACK = timedelta(seconds=5)
+
+
+async def place_call(ctx: dict[str, Any], call_id: int) -> str:
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    if call is None:
+        log.warning("call.missing", call=call_id)
+        return "missing"
+    bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
+    if call.status in db.TERMINAL_STATUSES:
+        return "already-ended"
+    if call.status in db.LIVE_PROVIDER_STATUSES:
+        await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
+        return "already-placed"
+    if call.alert_status == "resolved":
+        await db.advance_call(s.db, call.id, db.CallUpdate(
+            status="canceled", error_message="alert resolved before the call was placed"))
+        bound.info("call.canceled", reason="alert resolved")
+        return "canceled"
+    now = datetime.now(UTC)
+    if now - call.received_at > timedelta(seconds=s.settings.max_call_age_s):
+        await _give_up(s, call, "stale", f"alert older than {s.settings.max_call_age_s:.0f}s; "
+                       "a stale alert does not ring")
+        return "stale"
+    if call.status == "dialing":
+        found = await _look_up_previous_attempt(s, call)
+        if found is not None:
+            await record_provider_call(s, call, found)
+            bound.warning("call.adopted", sid=found.sid, status=found.status)
+            return "adopted"
+    if call.attempts >= s.settings.max_call_attempts or _retrying_too_long(s, call, now):
+        await _give_up(s, call, "exhausted",
+                       f"no call placed after {call.attempts} attempts")
+        return "exhausted"
+    return await _dial(s, call, ctx.get("job_try", 1))
+
+
+def _retrying_too_long(s: Services, call: db.CallJob, now: datetime) -> bool:
+    if call.attempts == 0:
+        return False
+    return now - call.created_at > timedelta(seconds=s.settings.max_retry_age_s)
+
+
+async def _look_up_previous_attempt(s: Services, call: db.CallJob) -> ProviderCall | None:
+    """After an attempt that may have reached the provider: find the call it created.
+
+    Raises Retry when the lookup itself fails: re-POSTing blind could ring twice.
+    """
+    since = (call.attempt_started_at or call.created_at) - LOOKUP_SLACK
+    try:
+        candidates = await s.provider.find_calls(to=call.phone, since=since.astimezone(UTC))
+    except ProviderError as exc:
+        log.warning("call.lookup_failed", call=call.id, error=str(exc))
+        raise Retry(defer=backoff_s(call.attempts, base_s=s.settings.retry_base_s,
+                                    cap_s=s.settings.retry_cap_s)) from exc
+    for candidate in sorted(candidates, key=lambda c: c.created_at or since):
+        if not await db.sid_is_known(s.db, candidate.sid):
+            return candidate
+    # Nothing found: the previous POST created no call we can see. Dialing again may still
+    # ring twice if the provider's list lags; that is the duplicate we accept, and count.
+    await db.count_possible_duplicate(s.db, call.id)
+    log.warning("call.possible_duplicate", call=call.id, attempts=call.attempts)
+    return None
+
+
+async def _dial(s: Services, call: db.CallJob, job_try: int) -> str:
+    bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
+    attempt = await db.start_attempt(s.db, call.id)
+    if attempt is None:
+        return "not-dialable"
+    bound.info("call.dialing", to=call.phone, attempt=attempt)
+    started = time.monotonic()
+    try:
+        placed = await s.provider.create_call(to=call.phone, twiml=alert_twiml(call.message))
+    except PermanentProviderError as exc:
+        await _fail_permanently(s, call, attempt, exc)
+        return "failed"
+    except ThrottledProviderError as exc:
+        await db.return_to_pending(s.db, call.id, exc.code, str(exc))
+        delay = await _retry_delay(s, attempt)
+        bound.warning("call.throttled", code=exc.code, error=str(exc), retry_in_s=round(delay, 2))
+        raise Retry(defer=delay) from exc
+    except AmbiguousProviderError as exc:
+        delay = backoff_s(attempt, base_s=s.settings.retry_base_s, cap_s=s.settings.retry_cap_s)
+        bound.warning("call.ambiguous", code=exc.code, error=str(exc),
+                      retry_in_s=round(delay, 2))
+        raise Retry(defer=delay) from exc
+    bound.info("call.placed", sid=placed.sid, status=placed.status, attempt=attempt,
+               provider_ms=round((time.monotonic() - started) * 1000, 1))
+    await record_provider_call(s, call, placed)
+    return "placed"
+
+
+async def _retry_delay(s: Services, attempt: int) -> float:
+    """Backoff with full jitter, but never sooner than the next free slot of the call rate."""
+    delay = backoff_s(attempt, base_s=s.settings.retry_base_s, cap_s=s.settings.retry_cap_s)
+    slot_ms = (await s.limiter.reserve(1))[0]
+    return max(delay, slot_ms / 1000 - time.time())
+
+
+async def _fail_permanently(
+    s: Services, call: db.CallJob, attempt: int, exc: PermanentProviderError
+) -> None:
+    await db.advance_call(s.db, call.id, db.CallUpdate(
+        status="failed", error_code=exc.code, error_message=str(exc)))
+    await db.insert_dead_letters(s.db, [call_letter(
+        call.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
+        payload=_letter_payload(call) | {"http_status": exc.http_status, "code": exc.code})])
+    log.error("call.rejected", call=call.id, alert=call.alert, alert_id=call.alert_id,
+              code=exc.code, error=str(exc), to=call.phone)
+    await after_status_change(s, call.alert)
+
+
+async def _give_up(s: Services, call: db.CallJob, reason: str, error: str) -> None:
+    changed = await db.advance_call(s.db, call.id, db.CallUpdate(
+        status="failed", error_message=error))
+    if changed:
+        await db.insert_dead_letters(s.db, [call_letter(
+            call.id, call.attempts, reason=reason, error=error, payload=_letter_payload(call))])
+        log.error(f"call.{reason}", call=call.id, alert=call.alert, alert_id=call.alert_id,
+                  error=error)
+    await after_status_change(s, call.alert)
+
+
+def _letter_payload(call: db.CallJob) -> dict[str, Any]:
+    return {
+        "alert": call.alert,
+        "alert_id": call.alert_id,
+        "tenant": call.tenant,
+        "member_name": call.member_name,
+        "phone": call.phone,
+        "position": call.position,
+        "attempts": call.attempts,
+    }

@@ -1,0 +1,188 @@
+"""Configuration from the environment (contract 2), validated once at start.
+
+A bad value, or a ``VOICEALERT_*`` variable nobody reads (a typo), stops the process with
+one line naming the variable. Secrets are ``SecretStr`` and URLs are shown with their
+password masked, so neither reaches a log line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schema import normalize_phone
+
+# Read by scripts/services.py (which runs before the package is installed), not by Settings.
+_SCRIPT_VARIABLES = frozenset({"VOICEALERT_STATE_DIR", "VOICEALERT_SERVICES_FORCE_THROWAWAY"})
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as the one line an operator should read."""
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _env(name: str, *aliases: str) -> AliasChoices:
+    return AliasChoices(name, *aliases)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEALERT_", extra="forbid", case_sensitive=False, populate_by_name=True
+    )
+
+    # --- contract 2 ---------------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/voicealert",
+        validation_alias=_env("DATABASE_URL"),
+    )
+    twilio_account_sid: str | None = Field(
+        default=None, validation_alias=_env("TWILIO_ACCOUNT_SID")
+    )
+    twilio_auth_token: SecretStr | None = Field(
+        default=None, validation_alias=_env("TWILIO_AUTH_TOKEN")
+    )
+    twilio_from_number: str | None = Field(
+        default=None, validation_alias=_env("TWILIO_FROM_NUMBER")
+    )
+    twilio_api_base_url: str = Field(
+        default="https://api.twilio.com", validation_alias=_env("TWILIO_API_BASE_URL")
+    )
+    provider: Literal["twilio", "simulated"] | None = Field(
+        default=None, validation_alias=_env("VOICEALERT_PROVIDER")
+    )
+    public_url: str | None = Field(default=None, validation_alias=_env("VOICEALERT_PUBLIC_URL"))
+    calls_per_second: float = Field(
+        default=1.0, gt=0, le=1000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
+    )
+    redis_prefix: str = Field(
+        default="voicealert:", min_length=1, validation_alias=_env("VOICEALERT_REDIS_PREFIX")
+    )
+
+    # --- worker tuning (DESIGN.md: arq is tuned, not taken at its defaults) ----------------
+    consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
+    ingest_batch: int = Field(default=100, ge=1, le=1000)
+    ingest_block_ms: int = Field(default=1000, ge=1, le=60_000)
+    reclaim_idle_s: float = Field(default=15.0, gt=0)
+    reclaim_interval_s: float = Field(default=5.0, gt=0)
+    max_deliveries: int = Field(default=5, ge=1)
+    concurrency: int = Field(default=50, ge=1, le=1000)
+    poll_delay_s: float = Field(default=0.05, gt=0, le=5)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    call_job_timeout_s: float = Field(default=15.0, gt=0)
+    provider_timeout_s: float = Field(default=5.0, gt=0)
+    ring_timeout_s: int = Field(default=30, ge=5, le=600)
+    poll_margin_s: float = Field(default=30.0, ge=0)
+    max_call_duration_s: float = Field(default=3600.0, gt=0)
+    max_call_attempts: int = Field(default=8, ge=1)
+    max_retry_age_s: float = Field(default=600.0, gt=0)
+    max_call_age_s: float = Field(default=1800.0, gt=0)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_cap_s: float = Field(default=60.0, gt=0)
+    simulated_outcomes: str = "completed"
+    simulated_ring_s: float = Field(default=1.0, ge=0)
+    simulated_talk_s: float = Field(default=2.0, ge=0)
+    health_check_interval_s: float = Field(default=10.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _check_provider(self) -> Settings:
+        if self.provider is None:
+            self.provider = "twilio" if self.twilio_account_sid else "simulated"
+        if self.provider == "twilio":
+            missing = [
+                name
+                for name, value in (
+                    ("TWILIO_ACCOUNT_SID", self.twilio_account_sid),
+                    ("TWILIO_AUTH_TOKEN", self.twilio_auth_token),
+                    ("TWILIO_FROM_NUMBER", self.twilio_from_number),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"provider twilio needs {', '.join(missing)}")
+            normalize_phone(self.twilio_from_number or "")
+        for name, url, schemes in (
+            ("REDIS_URL", self.redis_url, ("redis", "rediss", "unix")),
+            ("DATABASE_URL", self.database_url, ("postgresql", "postgres")),
+        ):
+            if urlsplit(url).scheme not in schemes:
+                raise ValueError(f"{name} must start with one of {', '.join(schemes)}://")
+        return self
+
+    @property
+    def provider_name(self) -> Literal["twilio", "simulated"]:
+        return self.provider or "simulated"
+
+
+def _known_variables() -> set[str]:
+    names: set[str] = set()
+    for field_name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        else:
+            names.add(f"VOICEALERT_{field_name.upper()}")
+    return names | _SCRIPT_VARIABLES
+
+
+def check_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Refuse ``VOICEALERT_*`` variables that no setting reads: a typo must not be ignored."""
+    known = _known_variables()
+    for name in sorted(environ):
+        upper = name.upper()
+        if upper.startswith("VOICEALERT_") and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+
+
+def _variable_for(field_name: str) -> str:
+    info = Settings.model_fields.get(field_name)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0]).upper()
+    return f"VOICEALERT_{field_name.upper()}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: the process environment), or ConfigError."""
+    env = dict(os.environ if environ is None else environ)
+    check_unknown_variables(env)
+    try:
+        if environ is None:
+            return Settings()
+        # Explicit mapping: pass values by name, never read the process environment.
+        values = {
+            field: env[var]
+            for field in Settings.model_fields
+            if (var := _variable_for(field)) in env
+        }
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first.get("loc") or ()
+        where = _variable_for(str(loc[0])) if loc else "configuration"
+        # The message only, never the input: the input may be a secret.
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid {where}: {message}") from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and error lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))

@@ -1,0 +1,713 @@
+"""Every SQL statement voicealert runs, in one module, behind small typed functions.
+
+Reading this file top to bottom tells what the service does to Postgres: groups, alerts and
+their calls, duplicate bookkeeping, call status updates (monotonic), dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from schema import Member
+
+TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
+ANSWERED_STATUSES = frozenset({"in-progress", "completed"})
+LIVE_PROVIDER_STATUSES = frozenset({"queued", "ringing", "in-progress"})
+
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+Executor = asyncpg.Pool | Connection
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        database_url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
+    )
+    assert pool is not None
+    return pool
+
+
+async def connect(database_url: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    await _init_connection(conn)
+    return conn
+
+
+def maintenance_url(database_url: str) -> tuple[str, str]:
+    """The URL of the ``postgres`` database on the same server, and the target's name."""
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/") or "postgres"
+    return urlunsplit(parts._replace(path="/postgres")), name
+
+
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in ``database_url`` when missing; True when created."""
+    admin_url, name = maintenance_url(database_url)
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+        except asyncpg.DuplicateDatabaseError:
+            return False  # another replica created it first
+        return True
+    finally:
+        await conn.close()
+
+
+# --- groups -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    tenant: str
+    name: str
+    members: list[Member]
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "name": self.name,
+            "members": [m.model_dump() for m in self.members],
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _group(row: asyncpg.Record) -> Group:
+    return Group(
+        tenant=row["tenant"],
+        name=row["name"],
+        members=[Member.model_validate(m) for m in row["members"]],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def upsert_group(db: Executor, tenant: str, name: str, members: Sequence[Member]) -> Group:
+    row = await db.fetchrow(
+        """
+        INSERT INTO alert_groups (tenant, name, members) VALUES ($1, $2, $3)
+        ON CONFLICT (tenant, name)
+        DO UPDATE SET members = EXCLUDED.members, updated_at = now()
+        RETURNING tenant, name, members, created_at, updated_at
+        """,
+        tenant,
+        name,
+        [m.model_dump() for m in members],
+    )
+    assert row is not None
+    return _group(row)
+
+
+async def list_groups(db: Executor, tenant: str) -> list[Group]:
+    rows = await db.fetch(
+        "SELECT tenant, name, members, created_at, updated_at FROM alert_groups"
+        " WHERE tenant = $1 ORDER BY name",
+        tenant,
+    )
+    return [_group(r) for r in rows]
+
+
+async def get_group(db: Executor, tenant: str, name: str) -> Group | None:
+    row = await db.fetchrow(
+        "SELECT tenant, name, members, created_at, updated_at FROM alert_groups"
+        " WHERE tenant = $1 AND name = $2",
+        tenant,
+        name,
+    )
+    return _group(row) if row else None
+
+
+async def get_groups(db: Executor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Group]:
+    """Groups for a batch of (tenant, name) in one query."""
+    if not keys:
+        return {}
+    rows = await db.fetch(
+        """
+        SELECT g.tenant, g.name, g.members, g.created_at, g.updated_at
+        FROM alert_groups g
+        JOIN unnest($1::text[], $2::text[]) AS k(tenant, name)
+          ON g.tenant = k.tenant AND g.name = k.name
+        """,
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["tenant"], r["name"]): _group(r) for r in rows}
+
+
+async def delete_group(db: Executor, tenant: str, name: str) -> bool:
+    result = await db.execute(
+        "DELETE FROM alert_groups WHERE tenant = $1 AND name = $2", tenant, name
+    )
+    return bool(result == "DELETE 1")
+
+
+# --- alerts and their calls ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewAlert:
+    tenant: str
+    alert_id: str
+    event_key: str
+    group_name: str
+    message: str
+    mode: str
+    status: str
+    dedup_window_s: int
+    metadata: dict[str, Any]
+    event_id: str | None
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class CallRef:
+    id: int
+    position: int
+    status: str
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    id: int
+    status: str
+    mode: str
+    created: bool  # False when the event had been processed before (redelivery)
+    calls: list[CallRef]
+
+
+async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Member]) -> StoredAlert:
+    """The alert row and one pending call per member, in one transaction, idempotent on the
+    event: a redelivered event returns the rows it created the first time (``created`` is
+    False), except that an event which rang nobody is taken up again."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            """
+            INSERT INTO alerts (tenant, alert_id, event_key, group_name, message, mode, status,
+                                dedup_window_s, metadata, event_id, stream_id, duplicates)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                    (SELECT count(*) FROM duplicate_events
+                      WHERE tenant = $1 AND owner_key = $3))
+            ON CONFLICT (tenant, event_key) DO UPDATE SET
+                group_name = EXCLUDED.group_name, message = EXCLUDED.message,
+                mode = EXCLUDED.mode, status = EXCLUDED.status, metadata = EXCLUDED.metadata,
+                dedup_window_s = EXCLUDED.dedup_window_s, stream_id = EXCLUDED.stream_id,
+                updated_at = now()
+            -- an event that rang nobody (no such group yet) is processed again when re-sent
+            WHERE alerts.status IN ('unknown_group', 'empty_group')
+              AND EXCLUDED.status = 'calling'
+            RETURNING id, status, mode
+            """,
+            alert.tenant,
+            alert.alert_id,
+            alert.event_key,
+            alert.group_name,
+            alert.message,
+            alert.mode,
+            alert.status,
+            alert.dedup_window_s,
+            alert.metadata,
+            alert.event_id,
+            alert.stream_id,
+        )
+        created = row is not None
+        if row is None:
+            row = await conn.fetchrow(
+                "SELECT id, status, mode FROM alerts WHERE tenant = $1 AND event_key = $2",
+                alert.tenant,
+                alert.event_key,
+            )
+            assert row is not None
+        alert_pk: int = row["id"]
+        if created and members:
+            await conn.execute(
+                """
+                INSERT INTO calls (alert, position, member_name, phone)
+                SELECT $1, m.position, m.name, m.phone
+                FROM unnest($2::int[], $3::text[], $4::text[]) AS m(position, name, phone)
+                ON CONFLICT (alert, position) DO NOTHING
+                """,
+                alert_pk,
+                list(range(len(members))),
+                [m.name for m in members],
+                [m.phone for m in members],
+            )
+        calls = await conn.fetch(
+            "SELECT id, position, status FROM calls WHERE alert = $1 ORDER BY position",
+            alert_pk,
+        )
+    return StoredAlert(
+        id=alert_pk,
+        status=row["status"],
+        mode=row["mode"],
+        created=created,
+        calls=[CallRef(id=c["id"], position=c["position"], status=c["status"]) for c in calls],
+    )
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    tenant: str
+    owner_key: str
+    stream_id: str
+    alert_id: str
+    event_id: str | None
+
+
+async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> None:
+    """Count suppressed events on the alert that holds the lock, once per stream entry."""
+    if not duplicates:
+        return
+    await db.execute(
+        """
+        WITH inserted AS (
+            INSERT INTO duplicate_events (tenant, owner_key, stream_id, alert_id, event_id)
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+            ON CONFLICT DO NOTHING
+            RETURNING tenant, owner_key
+        ), counts AS (
+            SELECT tenant, owner_key, count(*) AS n FROM inserted GROUP BY tenant, owner_key
+        )
+        UPDATE alerts a
+        SET duplicates = a.duplicates + counts.n, last_duplicate_at = now(), updated_at = now()
+        FROM counts
+        WHERE a.tenant = counts.tenant AND a.event_key = counts.owner_key
+        """,
+        [d.tenant for d in duplicates],
+        [d.owner_key for d in duplicates],
+        [d.stream_id for d in duplicates],
+        [d.alert_id for d in duplicates],
+        [d.event_id for d in duplicates],
+    )
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    id: int
+    provider_sid: str | None
+    status: str
+
+
+async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCall]:
+    """Mark the alert's open rows resolved and cancel its calls not yet dialed.
+
+    Returns the calls already at the provider and not answered, for the caller to cancel there.
+    """
+    rows = await db.fetch(
+        """
+        WITH resolved AS (
+            UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now()
+            WHERE tenant = $1 AND alert_id = $2 AND status IN ('calling', 'answered')
+            RETURNING id
+        ), canceled AS (
+            UPDATE calls SET status = 'canceled', updated_at = now(), ended_at = now(),
+                             error_message = 'alert resolved before the call was placed'
+            WHERE alert IN (SELECT id FROM resolved) AND status = 'pending'
+            RETURNING id
+        )
+        SELECT c.id, c.provider_sid, c.status FROM calls c
+        WHERE c.alert IN (SELECT id FROM resolved)
+          AND c.status IN ('dialing', 'queued', 'ringing')
+          AND c.id NOT IN (SELECT id FROM canceled)
+        """,
+        tenant,
+        alert_id,
+    )
+    return [LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=r["status"]) for r in rows]
+
+
+@dataclass(frozen=True)
+class CallJob:
+    """A call with what placing it needs from its alert."""
+
+    id: int
+    alert: int
+    position: int
+    member_name: str
+    phone: str
+    status: str
+    provider_sid: str | None
+    attempts: int
+    attempt_started_at: datetime | None
+    created_at: datetime
+    alert_id: str
+    tenant: str
+    message: str
+    mode: str
+    alert_status: str
+    received_at: datetime
+
+
+async def get_call(db: Executor, call_id: int) -> CallJob | None:
+    row = await db.fetchrow(
+        """
+        SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
+               c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
+               a.message, a.mode, a.status AS alert_status, a.received_at
+        FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE c.id = $1
+        """,
+        call_id,
+    )
+    return CallJob(**dict(row)) if row else None
+
+
+async def start_attempt(db: Executor, call_id: int) -> int | None:
+    """Record an attempt before the POST (the lookup after an ambiguous failure starts from
+    its time). Returns the attempt number, or None when the call is no longer dialable."""
+    value = await db.fetchval(
+        """
+        UPDATE calls
+        SET status = 'dialing', attempts = attempts + 1, attempt_started_at = now(),
+            updated_at = now()
+        WHERE id = $1 AND status IN ('pending', 'dialing')
+        RETURNING attempts
+        """,
+        call_id,
+    )
+    return int(value) if value is not None else None
+
+
+async def return_to_pending(db: Executor, call_id: int, error_code: int | None, error: str) -> None:
+    """The provider certainly did not create the call (throttled, connection refused)."""
+    await db.execute(
+        """
+        UPDATE calls SET status = 'pending', error_code = $2, error_message = $3,
+                         updated_at = now()
+        WHERE id = $1 AND status = 'dialing'
+        """,
+        call_id,
+        error_code,
+        error,
+    )
+
+
+async def sid_is_known(db: Executor, sid: str) -> bool:
+    """Whether a provider call is already recorded on some call row (not ours to adopt)."""
+    return bool(await db.fetchval("SELECT 1 FROM calls WHERE provider_sid = $1", sid))
+
+
+async def count_possible_duplicate(db: Executor, call_id: int) -> None:
+    await db.execute(
+        "UPDATE calls SET possible_duplicates = possible_duplicates + 1, updated_at = now()"
+        " WHERE id = $1",
+        call_id,
+    )
+
+
+@dataclass(frozen=True)
+class CallUpdate:
+    status: str
+    provider_sid: str | None = None
+    duration_s: int | None = None
+    answered_by: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
+    """Move a call forward to ``update.status``; never backward, never out of a terminal
+    status. Returns True when the row changed."""
+    result = await db.execute(
+        """
+        UPDATE calls SET
+            status = $2,
+            provider_sid = coalesce(provider_sid, $3),
+            duration_s = coalesce($4, duration_s),
+            answered_by = coalesce($5, answered_by),
+            error_code = coalesce($6, error_code),
+            error_message = coalesce($7, error_message),
+            updated_at = now(),
+            ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
+        WHERE id = $1 AND call_status_rank(status) < call_status_rank($2)
+        """,
+        call_id,
+        update.status,
+        update.provider_sid,
+        update.duration_s,
+        update.answered_by,
+        update.error_code,
+        update.error_message,
+    )
+    return bool(result == "UPDATE 1")
+
+
+async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
+    """Attach the provider's sid even when the status does not move (callback came first)."""
+    await db.execute(
+        "UPDATE calls SET provider_sid = $2, updated_at = now()"
+        " WHERE id = $1 AND provider_sid IS NULL",
+        call_id,
+        sid,
+    )
+
+
+@dataclass(frozen=True)
+class AlertProgress:
+    id: int
+    mode: str
+    status: str
+    total: int
+    open: int
+    answered: int
+    failed: int
+    next_pending: int | None
+
+
+async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
+    row = await db.fetchrow(
+        """
+        SELECT a.id, a.mode, a.status,
+               count(c.id) AS total,
+               count(c.id) FILTER (WHERE call_status_rank(c.status) < 5) AS open,
+               count(c.id) FILTER (WHERE c.status IN ('in-progress', 'completed')) AS answered,
+               count(c.id) FILTER (WHERE c.status = 'failed') AS failed,
+               (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = 'pending'
+                 ORDER BY p.position LIMIT 1) AS next_pending,
+               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active
+        FROM alerts a LEFT JOIN calls c ON c.alert = a.id
+        WHERE a.id = $1
+        GROUP BY a.id
+        """,
+        alert_pk,
+    )
+    if row is None:
+        return None
+    return AlertProgress(
+        id=row["id"],
+        mode=row["mode"],
+        status=row["status"],
+        total=row["total"],
+        open=row["open"],
+        answered=row["answered"],
+        failed=row["failed"],
+        next_pending=row["next_pending"] if row["active"] == 0 else None,
+    )
+
+
+async def set_alert_status(db: Executor, alert_pk: int, status: str) -> bool:
+    """Set the alert's status unless it is resolved (an operator's word is final)."""
+    result = await db.execute(
+        "UPDATE alerts SET status = $2, updated_at = now()"
+        " WHERE id = $1 AND status <> $2 AND status <> 'resolved'",
+        alert_pk,
+        status,
+    )
+    return bool(result == "UPDATE 1")
+
+
+async def cancel_pending_calls(db: Executor, alert_pk: int, reason: str) -> int:
+    result = await db.execute(
+        "UPDATE calls SET status = 'canceled', error_message = $2, updated_at = now(),"
+        " ended_at = now() WHERE alert = $1 AND status = 'pending'",
+        alert_pk,
+        reason,
+    )
+    return int(result.split()[-1])
+
+
+@dataclass(frozen=True)
+class CallRow:
+    id: int
+    alert_id: str
+    tenant: str
+    position: int
+    member_name: str
+    phone: str
+    status: str
+    provider_sid: str | None
+    attempts: int
+    possible_duplicates: int
+    error_code: int | None
+    error_message: str | None
+    answered_by: str | None
+    duration_s: int | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        for key in ("created_at", "updated_at", "ended_at"):
+            if out[key] is not None:
+                out[key] = out[key].isoformat()
+        return out
+
+
+async def list_calls(
+    db: Executor,
+    *,
+    tenant: str | None = None,
+    alert_id: str | None = None,
+    status: str | None = None,
+    limit: int = 1000,
+) -> list[CallRow]:
+    rows = await db.fetch(
+        """
+        SELECT c.id, a.alert_id, a.tenant, c.position, c.member_name, c.phone, c.status,
+               c.provider_sid, c.attempts, c.possible_duplicates, c.error_code,
+               c.error_message, c.answered_by, c.duration_s, c.created_at, c.updated_at,
+               c.ended_at
+        FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE ($1::text IS NULL OR a.tenant = $1)
+          AND ($2::text IS NULL OR a.alert_id = $2)
+          AND ($3::text IS NULL OR c.status = $3)
+        ORDER BY c.id DESC
+        LIMIT $4
+        """,
+        tenant,
+        alert_id,
+        status,
+        limit,
+    )
+    return [CallRow(**dict(r)) for r in reversed(rows)]
+
+
+# --- dead letters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewDeadLetter:
+    source: str  # 'ingest' | 'call'
+    reason: str
+    error: str | None
+    payload: dict[str, Any]
+    letter_key: str
+    attempts: int = 1
+    call: int | None = None
+
+
+async def insert_dead_letters(db: Executor, letters: Sequence[NewDeadLetter]) -> None:
+    """Write letters once each: the same failure redelivered is not lettered twice."""
+    if not letters:
+        return
+    await db.executemany(
+        """
+        INSERT INTO dead_letters (source, reason, error, payload, attempts, letter_key, call)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        ON CONFLICT (letter_key) DO NOTHING
+        """,
+        [
+            (l.source, l.reason, l.error, l.payload, l.attempts, l.letter_key, l.call)
+            for l in letters
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    source: str
+    reason: str
+    error: str | None
+    payload: dict[str, Any]
+    attempts: int
+    letter_key: str
+    call: int | None
+    created_at: datetime
+    replayed_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        out["created_at"] = self.created_at.isoformat()
+        out["replayed_at"] = self.replayed_at.isoformat() if self.replayed_at else None
+        return out
+
+
+_DEAD_LETTER_COLUMNS = (
+    "id, source, reason, error, payload, attempts, letter_key, call, created_at, replayed_at"
+)
+
+
+async def list_dead_letters(
+    db: Executor,
+    *,
+    source: str | None = None,
+    since: datetime | None = None,
+    include_replayed: bool = True,
+    limit: int = 1000,
+) -> list[DeadLetter]:
+    rows = await db.fetch(
+        f"""
+        SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters
+        WHERE ($1::text IS NULL OR source = $1)
+          AND ($2::timestamptz IS NULL OR created_at >= $2)
+          AND ($3 OR replayed_at IS NULL)
+        ORDER BY id
+        LIMIT $4
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        source,
+        since,
+        include_replayed,
+        limit,
+    )
+    return [DeadLetter(**dict(r)) for r in rows]
+
+
+async def get_dead_letter(db: Executor, letter_id: int) -> DeadLetter | None:
+    row = await db.fetchrow(
+        f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = $1",  # noqa: S608
+        letter_id,
+    )
+    return DeadLetter(**dict(row)) if row else None
+
+
+async def claim_dead_letter_for_replay(db: Executor, letter_id: int) -> bool:
+    """Mark a letter replayed, once: a second replay of the same letter finds it taken."""
+    result = await db.execute(
+        "UPDATE dead_letters SET replayed_at = now() WHERE id = $1 AND replayed_at IS NULL",
+        letter_id,
+    )
+    return bool(result == "UPDATE 1")
+
+
+async def unclaim_dead_letter(db: Executor, letter_id: int) -> None:
+    await db.execute("UPDATE dead_letters SET replayed_at = NULL WHERE id = $1", letter_id)
+
+
+async def purge_dead_letters(
+    db: Executor, *, letter_id: int | None = None, older_than: datetime | None = None
+) -> int:
+    result = await db.execute(
+        """
+        DELETE FROM dead_letters
+        WHERE ($1::bigint IS NULL OR id = $1)
+          AND ($2::timestamptz IS NULL OR created_at < $2)
+        """,
+        letter_id,
+        older_than,
+    )
+    return int(result.split()[-1])
+
+
+async def reset_call_for_replay(db: Executor, call_id: int) -> bool:
+    """A dead-lettered call gets a fresh start: a new pending row would lose its history, so
+    the failed row is not reused; instead the replay creates a new attempt row."""
+    result = await db.execute(
+        """
+        INSERT INTO calls (alert, position, member_name, phone)
+        SELECT alert, (SELECT max(position) + 1 FROM calls c2 WHERE c2.alert = c.alert),
+               member_name, phone
+        FROM calls c WHERE id = $1
+        """,
+        call_id,
+    )
+    return bool(result == "INSERT 0 1")

@@ -1,0 +1,191 @@
+"""Expansion: valid events → dedup decision → alert and call rows → place_call jobs.
+
+Events of a batch are handled in stream order around resolves (a trigger and its resolve in
+one batch must not ring after the resolve). Triggers between two resolves are handled
+together: one query for their groups, one pipelined round trip for their dedup locks, one
+rate-limit reservation and one enqueue for all their calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from schema import Member
+from worker import db
+from worker.context import Services
+from worker.dead_letters import ingest_letter
+from worker.dedup import LockRequest
+from worker.infra import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.logs import get_logger
+from worker.queue import CANCEL_CALL
+
+if TYPE_CHECKING:
+    from worker.ingest import ParsedEvent
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Failed:
+    entry: ParsedEvent
+    error: str
+
+    # Failed carries the entry so the consumer can count and dead-letter it.
+
+
+@dataclass
+class ExpandOutcome:
+    done: list[str] = field(default_factory=list)  # stream ids safe to acknowledge
+    failed: list[Failed] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    parsed: ParsedEvent
+    members: list[Member]
+
+
+class Expander:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def expand(self, events: Sequence[ParsedEvent]) -> ExpandOutcome:
+        outcome = ExpandOutcome()
+        run: list[ParsedEvent] = []
+        for parsed in events:
+            if parsed.event.is_trigger:
+                run.append(parsed)
+                continue
+            await self._triggers(run, outcome)
+            run = []
+            await self._resolve(parsed)
+            outcome.done.append(parsed.entry.stream_id)
+        await self._triggers(run, outcome)
+        return outcome
+
+    async def _resolve(self, parsed: ParsedEvent) -> None:
+        event = parsed.event
+        live = await db.resolve_alert(self.s.db, event.tenant, event.alert_id)
+        await self.s.dedup.clear(event.tenant, event.alert_id)
+        for call in live:
+            await self.s.schedule(CANCEL_CALL, "cancel", call.id)
+        log.info("alert.resolved", alert_id=event.alert_id, tenant=event.tenant,
+                 stream_id=parsed.entry.stream_id, calls_to_cancel=len(live))
+
+    async def _triggers(self, events: Sequence[ParsedEvent], outcome: ExpandOutcome) -> None:
+        if not events:
+            return
+        groups = await db.get_groups(
+            self.s.db, [(p.event.tenant, p.event.group or "") for p in events]
+        )
+        accepted: list[_Accepted] = []
+        for parsed in events:
+            group = groups.get((parsed.event.tenant, parsed.event.group or ""))
+            if group is None or not group.members:
+                # Never takes the lock: an event that rings nobody must not suppress a retry.
+                await self._record_no_calls(parsed, "unknown_group" if group is None else
+                                            "empty_group")
+                outcome.done.append(parsed.entry.stream_id)
+            else:
+                accepted.append(_Accepted(parsed, list(group.members)))
+        to_expand = await self._deduplicate(accepted, outcome)
+        call_ids: list[int] = []
+        for item in to_expand:
+            try:
+                call_ids += await self._store(item)
+            except (*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE):
+                raise
+            except Exception as exc:  # a bug or a constraint this event trips: count it
+                log.exception("event.processing_failed", stream_id=item.parsed.entry.stream_id,
+                              alert_id=item.parsed.event.alert_id)
+                outcome.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))
+                continue
+            outcome.done.append(item.parsed.entry.stream_id)
+        added = await self.s.schedule_calls(call_ids)
+        if call_ids:
+            log.info("calls.enqueued", calls=len(call_ids), new_jobs=added)
+
+    async def _deduplicate(
+        self, accepted: Sequence[_Accepted], outcome: ExpandOutcome
+    ) -> list[_Accepted]:
+        windowed = [a for a in accepted if a.parsed.event.dedup_window_s > 0]
+        decisions = await self.s.dedup.acquire_many(
+            [
+                LockRequest(
+                    tenant=a.parsed.event.tenant,
+                    alert_id=a.parsed.event.alert_id,
+                    owner=a.parsed.event_key,
+                    window_s=a.parsed.event.dedup_window_s,
+                )
+                for a in windowed
+            ]
+        )
+        suppressed = {
+            id(a): d.owner for a, d in zip(windowed, decisions, strict=True) if not d.acquired
+        }
+        duplicates = [
+            db.Duplicate(
+                tenant=a.parsed.event.tenant,
+                owner_key=suppressed[id(a)],
+                stream_id=a.parsed.entry.stream_id,
+                alert_id=a.parsed.event.alert_id,
+                event_id=a.parsed.event.event_id,
+            )
+            for a in accepted
+            if id(a) in suppressed
+        ]
+        await db.record_duplicates(self.s.db, duplicates)
+        for dup in duplicates:
+            log.info("event.deduplicated", alert_id=dup.alert_id, tenant=dup.tenant,
+                     stream_id=dup.stream_id, duplicate_of=dup.owner_key)
+            outcome.done.append(dup.stream_id)
+        return [a for a in accepted if id(a) not in suppressed]
+
+    def _new_alert(self, parsed: ParsedEvent, status: str) -> db.NewAlert:
+        event = parsed.event
+        return db.NewAlert(
+            tenant=event.tenant,
+            alert_id=event.alert_id,
+            event_key=parsed.event_key,
+            group_name=event.group or "",
+            message=event.message or "",
+            mode=event.mode,
+            status=status,
+            dedup_window_s=event.dedup_window_s,
+            metadata=dict(event.metadata),
+            event_id=event.event_id,
+            stream_id=parsed.entry.stream_id,
+        )
+
+    async def _record_no_calls(self, parsed: ParsedEvent, status: str) -> None:
+        async with self.s.db.acquire() as conn:
+            await db.create_alert(conn, self._new_alert(parsed, status), [])
+        if status == "unknown_group":
+            await db.insert_dead_letters(
+                self.s.db,
+                [ingest_letter(parsed.entry.payload(), reason="unknown_group",
+                               error=f"no group {parsed.event.group!r} in tenant "
+                                     f"{parsed.event.tenant!r}",
+                               stream_id=parsed.entry.stream_id)],
+            )
+        log.warning(f"alert.{status}", alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
+                    group=parsed.event.group, stream_id=parsed.entry.stream_id)
+
+    async def _store(self, item: _Accepted) -> list[int]:
+        """Rows for one event (idempotent) and the ids of the calls to place now."""
+        parsed = item.parsed
+        async with self.s.db.acquire() as conn:
+            stored = await db.create_alert(conn, self._new_alert(parsed, "calling"), item.members)
+            if stored.status != "calling":
+                return []
+            if stored.mode == "parallel":
+                ids = [c.id for c in stored.calls if c.status == "pending"]
+            else:
+                progress = await db.alert_progress(conn, stored.id)
+                ids = [progress.next_pending] if progress and progress.next_pending else []
+        log.info("alert.created" if stored.created else "alert.redelivered", alert=stored.id,
+                 alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
+                 stream_id=parsed.entry.stream_id, calls=len(stored.calls), mode=stored.mode)
+        return ids

@@ -1,0 +1,304 @@
+"""Stream ingest: the consumer-group reader that turns stream entries into alerts and call jobs.
+
+One consumer per replica reads batches with XREADGROUP. A batch is validated, resolved,
+deduplicated (one pipelined round trip) and expanded (``worker.fanout``); its entries are
+acknowledged only after their rows are committed and their call jobs enqueued. Entries a
+dead consumer left pending are reclaimed with XAUTOCLAIM; an entry delivered too many times
+becomes a dead letter instead of looping.
+
+Postgres being down is survivable (the batch stays pending and is retried); Redis being down
+is not: the consumer raises, and the process exits non-zero for its supervisor to restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pydantic
+import redis.exceptions
+
+from schema import AlertEvent
+from worker import db
+from worker.context import Services
+from worker.dead_letters import ingest_letter
+from worker.fanout import Expander
+from worker.infra import DATABASE_UNAVAILABLE
+from worker.logs import get_logger
+
+log = get_logger(__name__)
+
+Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Entry:
+    stream_id: str
+    fields: Fields
+
+    def payload(self) -> dict[str, object]:
+        """The raw entry as JSON-safe text, for a dead letter (replay rebuilds it exactly)."""
+        return {
+            "stream_id": self.stream_id,
+            "fields": {
+                k.decode(errors="replace"): v.decode(errors="replace")
+                for k, v in self.fields.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    entry: Entry
+    event: AlertEvent
+
+    @property
+    def event_key(self) -> str:
+        """The event's identity: its event_id when given, else its stream entry."""
+        if self.event.event_id:
+            return f"event:{self.event.event_id}"
+        return f"stream:{self.entry.stream_id}"
+
+
+class InvalidEntry(Exception):
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
+def parse_entry(entry: Entry) -> AlertEvent:
+    """The entry's event, or InvalidEntry with a reason an operator can act on."""
+    raw = entry.fields.get(b"event")
+    if raw is None:
+        present = ", ".join(sorted(k.decode(errors="replace") for k in entry.fields)) or "none"
+        raise InvalidEntry("missing_event_field", f"entry has no 'event' field (fields: {present})")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEntry("invalid_json", f"event is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEntry("invalid_event", "event must be a JSON object")
+    try:
+        return AlertEvent.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = ".".join(str(p) for p in error.get("loc", ())) or "event"
+            problems.append(f"{loc}: {str(error['msg']).removeprefix('Value error, ')}")
+        raise InvalidEntry("invalid_event", "; ".join(problems)) from None
+
+
+@dataclass
+class _Failures:
+    """In-process failure counts of entries whose processing raised (not infrastructure)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stream_id: str) -> int:
+        self.counts[stream_id] = self.counts.get(stream_id, 0) + 1
+        return self.counts[stream_id]
+
+    def forget(self, stream_ids: Sequence[str]) -> None:
+        for sid in stream_ids:
+            self.counts.pop(sid, None)
+
+
+class StreamConsumer:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.settings = services.settings
+        self.stream = services.keys.events
+        self.group = services.keys.consumer_group
+        self.consumer = services.settings.consumer_name
+        self.expander = Expander(services)
+        self._stopping = asyncio.Event()
+        self._backlog = True  # re-read our own pending entries first (after a restart too)
+        self._failures = _Failures()
+        self._last_reclaim = 0.0
+
+    def stop(self) -> None:
+        """Stop reading; a batch being processed finishes first."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def ensure_group(self) -> None:
+        try:
+            # From id 0, not $: events written before the first worker ever started count.
+            await self.s.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        log.info("ingest.started", consumer=self.consumer, stream=self.stream)
+        delay = 0.5
+        while not self.stopping:
+            try:
+                await self.run_once()
+                delay = 0.5
+            except DATABASE_UNAVAILABLE as exc:
+                log.warning("ingest.database_unavailable", error=str(exc), retry_in_s=delay)
+                self._backlog = True
+                await self._sleep(delay)
+                delay = min(delay * 2, 10.0)
+        log.info("ingest.stopped", consumer=self.consumer)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def run_once(self) -> int:
+        """Read and handle one batch; returns the number of entries handled."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_reclaim >= self.settings.reclaim_interval_s:
+            self._last_reclaim = loop.time()
+            await self.reclaim()
+        entries = await self._read()
+        if entries:
+            await self.handle(entries)
+        return len(entries)
+
+    async def _read(self) -> list[Entry]:
+        start = "0" if self._backlog else ">"
+        response = await self.s.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: start},
+            count=self.settings.ingest_batch,
+            block=None if self._backlog else self.settings.ingest_block_ms,
+        )
+        entries = [
+            Entry(_text(sid), dict(fields))
+            for _stream, items in response or []
+            for sid, fields in items
+            if fields is not None  # a pending entry trimmed from the stream
+        ]
+        if self._backlog and not entries:
+            self._backlog = False
+        return entries
+
+    async def reclaim(self) -> None:
+        """Take over entries idle too long in a dead (or stuck) consumer's pending list."""
+        min_idle_ms = int(self.settings.reclaim_idle_s * 1000)
+        claimed: list[Entry] = []
+        cursor = "0-0"
+        while True:
+            cursor_raw, items, deleted = await self._autoclaim(min_idle_ms, cursor)
+            cursor = _text(cursor_raw)
+            claimed += [Entry(_text(sid), dict(f)) for sid, f in items if f is not None]
+            if deleted:
+                await self.s.redis.xack(self.stream, self.group, *deleted)
+            if cursor == "0-0" or len(claimed) >= self.settings.ingest_batch:
+                break
+        if not claimed:
+            return
+        deliveries = await self._delivery_counts([e.stream_id for e in claimed])
+        poison = [e for e in claimed if deliveries.get(e.stream_id, 1) > self.settings.max_deliveries]
+        if poison:
+            await self.dead_letter_poison(poison, deliveries)
+        retry = [e for e in claimed if e not in poison]
+        log.info("ingest.reclaimed", count=len(claimed), poison=len(poison))
+        if retry:
+            await self.handle(retry)
+
+    async def _autoclaim(
+        self, min_idle_ms: int, cursor: str
+    ) -> tuple[bytes | str, list[tuple[bytes, Fields | None]], list[bytes]]:
+        result = await self.s.redis.xautoclaim(
+            self.stream, self.group, self.consumer, min_idle_ms, cursor,
+            count=self.settings.ingest_batch,
+        )
+        cursor_raw, items = result[0], result[1]
+        deleted = result[2] if len(result) > 2 else []
+        return cursor_raw, items, list(deleted)
+
+    async def _delivery_counts(self, stream_ids: Sequence[str]) -> dict[str, int]:
+        async with self.s.redis.pipeline(transaction=False) as pipe:
+            for sid in stream_ids:
+                pipe.xpending_range(self.stream, self.group, min=sid, max=sid, count=1)
+            results = await pipe.execute()
+        counts = {}
+        for sid, rows in zip(stream_ids, results, strict=True):
+            if rows:
+                counts[sid] = int(rows[0]["times_delivered"])
+        return counts
+
+    async def dead_letter_poison(self, entries: Sequence[Entry], deliveries: dict[str, int]) -> None:
+        letters = [
+            ingest_letter(
+                e.payload(),
+                reason="too_many_deliveries",
+                error=f"delivered {deliveries.get(e.stream_id, 0)} times without completing",
+                stream_id=e.stream_id,
+                attempts=deliveries.get(e.stream_id, 0),
+            )
+            for e in entries
+        ]
+        await db.insert_dead_letters(self.s.db, letters)
+        for entry in entries:
+            await self._release_lock_of(entry)
+            log.error("event.dead_lettered", stream_id=entry.stream_id, reason="too_many_deliveries")
+        await self.ack([e.stream_id for e in entries])
+
+    async def _release_lock_of(self, entry: Entry) -> None:
+        try:
+            event = parse_entry(entry)
+        except InvalidEntry:
+            return
+        parsed = ParsedEvent(entry, event)
+        await self.s.dedup.release(event.tenant, event.alert_id, parsed.event_key)
+
+    async def ack(self, stream_ids: Sequence[str]) -> None:
+        if stream_ids:
+            await self.s.redis.xack(self.stream, self.group, *stream_ids)
+            self._failures.forget(stream_ids)
+
+    async def handle(self, entries: Sequence[Entry]) -> None:
+        """Validate, then expand; acknowledge what is durably done."""
+        valid: list[ParsedEvent] = []
+        letters = []
+        for entry in entries:
+            try:
+                valid.append(ParsedEvent(entry, parse_entry(entry)))
+            except InvalidEntry as exc:
+                letters.append(
+                    ingest_letter(entry.payload(), reason=exc.reason, error=exc.error,
+                                  stream_id=entry.stream_id)
+                )
+                log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
+                            error=exc.error)
+        await db.insert_dead_letters(self.s.db, letters)
+        done = [letter_stream_id(l.letter_key) for l in letters]
+        outcome = await self.expander.expand(valid)
+        done += outcome.done
+        for failed in outcome.failed:
+            count = self._failures.add(failed.entry.stream_id)
+            if count >= self.settings.max_deliveries:
+                await db.insert_dead_letters(
+                    self.s.db,
+                    [ingest_letter(failed.entry.payload(), reason="processing_failed",
+                                   error=failed.error, stream_id=failed.entry.stream_id,
+                                   attempts=count)],
+                )
+                await self._release_lock_of(failed.entry)
+                done.append(failed.entry.stream_id)
+            else:
+                self._backlog = True
+        await self.ack(done)
+
+
+def letter_stream_id(letter_key: str) -> str:
+    return letter_key.removeprefix("stream:")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,45 @@
+"""Every Redis key voicealert owns, in one place. All start with the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "voicealert:"
+
+    @property
+    def events(self) -> str:
+        """The alert event stream producers XADD to (contract 1)."""
+        return f"{self.prefix}events"
+
+    @property
+    def consumer_group(self) -> str:
+        """Consumer group name on the events stream (a group name, not a key)."""
+        return "voicealert-workers"
+
+    @property
+    def queue(self) -> str:
+        """arq's job queue (sorted set); arq derives its job keys from arq's own prefixes."""
+        return f"{self.prefix}queue"
+
+    def health_check(self, consumer: str) -> str:
+        """One health key per replica: arq's default is shared by every replica."""
+        return f"{self.prefix}health:{consumer}"
+
+    def dedup_lock(self, tenant: str, alert_id: str) -> str:
+        # Length-prefix the tenant so "a:b"+"c" and "a"+"b:c" cannot collide.
+        return f"{self.prefix}dedup:{len(tenant)}:{tenant}:{alert_id}"
+
+    @property
+    def rate_limit(self) -> str:
+        """The global outbound-call schedule (GCRA theoretical arrival time)."""
+        return f"{self.prefix}ratelimit:calls"
+
+    def simulated_call(self, sid: str) -> str:
+        """State of a call placed by the simulated provider (shared across replicas)."""
+        return f"{self.prefix}simulated:call:{sid}"
+
+    def simulated_calls_to(self, phone: str) -> str:
+        return f"{self.prefix}simulated:to:{phone}"

@@ -1,0 +1,144 @@
+"""Outcomes: following a placed call to its end, and what its end means for the alert.
+
+Until the web process receives status callbacks, each placed call is followed by a
+``poll_call`` job that re-schedules itself with backoff, bounded by the ring timeout plus a
+margin while unanswered (and by a maximum call duration once answered). Status updates are
+monotonic (``db.advance_call``). When a call's status changes, the alert's status is
+recomputed and a sequential alert moves on to its next member.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq import Retry
+
+from worker import db
+from worker.context import Services
+from worker.logs import get_logger
+from worker.providers import PermanentProviderError, ProviderCall, ProviderError
+from worker.queue import POLL_CALL
+
+log = get_logger(__name__)
+
+POLL_FIRST_S = 0.25
+POLL_MAX_S = 2.0
+UNANSWERED = frozenset({"queued", "ringing"})
+
+
+async def schedule_poll(s: Services, call_id: int, delay_s: float = POLL_FIRST_S) -> None:
+    await s.schedule(POLL_CALL, "poll", call_id, delay_s)
+
+
+async def record_provider_call(s: Services, call: db.CallJob, placed: ProviderCall) -> None:
+    """Attach the provider's call to our row, follow it, and cancel it if the alert was
+    resolved while we were dialing."""
+    await db.record_provider_sid(s.db, call.id, placed.sid)
+    await apply_status(s, call, placed)
+    fresh = await db.get_call(s.db, call.id)
+    if fresh and fresh.alert_status == "resolved" and fresh.status in UNANSWERED:
+        await cancel_at_provider(s, fresh, placed.sid)
+    if placed.status not in db.TERMINAL_STATUSES:
+        await schedule_poll(s, call.id)
+
+
+async def apply_status(s: Services, call: db.CallJob, observed: ProviderCall) -> bool:
+    changed = await db.advance_call(s.db, call.id, db.CallUpdate(
+        status=observed.status,
+        provider_sid=observed.sid,
+        duration_s=observed.duration_s,
+        answered_by=observed.answered_by,
+    ))
+    if changed:
+        log.info("call.status", call=call.id, alert=call.alert, alert_id=call.alert_id,
+                 sid=observed.sid, status=observed.status, duration_s=observed.duration_s)
+        await after_status_change(s, call.alert)
+    return changed
+
+
+async def after_status_change(s: Services, alert_pk: int) -> None:
+    """Recompute the alert's status; in sequential mode, ring the next member or stop."""
+    progress = await db.alert_progress(s.db, alert_pk)
+    if progress is None or progress.status == "resolved":
+        return
+    if progress.answered:
+        if progress.mode == "sequential":
+            await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member")
+        if await db.set_alert_status(s.db, alert_pk, "answered"):
+            log.info("alert.answered", alert=alert_pk)
+        return
+    if progress.mode == "sequential" and progress.next_pending is not None:
+        await s.schedule_calls([progress.next_pending])
+        log.info("alert.escalated", alert=alert_pk, next_call=progress.next_pending)
+        return
+    if progress.open == 0:
+        status = "failed" if progress.failed == progress.total else "unanswered"
+        if await db.set_alert_status(s.db, alert_pk, status):
+            log.warning(f"alert.{status}", alert=alert_pk, calls=progress.total)
+
+
+async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    if call is None or call.status in db.TERMINAL_STATUSES or call.provider_sid is None:
+        return "nothing-to-follow"
+    job_try = int(ctx.get("job_try", 1))
+    try:
+        observed = await s.provider.fetch_call(call.provider_sid)
+    except PermanentProviderError as exc:
+        await _end_unknown(s, call, f"provider cannot find the call: {exc}")
+        return "lost"
+    except ProviderError as exc:
+        log.warning("call.poll_failed", call=call.id, error=str(exc))
+        raise Retry(defer=_poll_delay(job_try)) from exc
+    await apply_status(s, call, observed)
+    if observed.status in db.TERMINAL_STATUSES:
+        return observed.status
+    started = call.attempt_started_at or call.created_at
+    limit = (
+        s.settings.ring_timeout_s + s.settings.poll_margin_s
+        if observed.status in UNANSWERED
+        else s.settings.max_call_duration_s
+    )
+    if datetime.now(UTC) - started > timedelta(seconds=limit):
+        await cancel_at_provider(s, call, call.provider_sid)
+        await _end_unknown(s, call, f"no final status from the provider within {limit:.0f}s")
+        return "timed-out"
+    raise Retry(defer=_poll_delay(job_try))
+
+
+def _poll_delay(job_try: int) -> float:
+    return float(min(POLL_MAX_S, POLL_FIRST_S * 2 ** (job_try - 1)))
+
+
+async def _end_unknown(s: Services, call: db.CallJob, reason: str) -> None:
+    if await db.advance_call(s.db, call.id, db.CallUpdate(status="failed",
+                                                          error_message=reason)):
+        log.error("call.lost", call=call.id, alert=call.alert, error=reason)
+        await after_status_change(s, call.alert)
+
+
+async def cancel_at_provider(s: Services, call: db.CallJob, sid: str) -> None:
+    try:
+        observed = await s.provider.cancel_call(sid)
+    except ProviderError as exc:
+        log.warning("call.cancel_failed", call=call.id, sid=sid, error=str(exc))
+        return
+    await apply_status(s, call, observed)
+    log.info("call.cancel_requested", call=call.id, sid=sid, status=observed.status)
+
+
+async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
+    """After a resolve: cancel a call already at the provider and not yet answered."""
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    if call is None or call.status in db.TERMINAL_STATUSES:
+        return "nothing-to-cancel"
+    if call.provider_sid is None:
+        # Still dialing: place_call cancels it once the provider answers with a sid.
+        if int(ctx.get("job_try", 1)) < 20:
+            raise Retry(defer=0.5)
+        return "no-sid"
+    await cancel_at_provider(s, call, call.provider_sid)
+    return "canceled"

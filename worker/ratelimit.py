@@ -1,0 +1,43 @@
+"""The global outbound call rate, shared by every replica (VOICEALERT_CALLS_PER_SECOND).
+
+A GCRA schedule in one Redis key: reserving N calls returns N start times spaced one
+interval apart, after whatever earlier reservations hold. Jobs are scheduled for their slot
+(arq's deferred score), so no worker sleeps holding a job slot, and a storm of 300 calls at
+1 CPS is simply a 300-second schedule, the same across replicas.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio
+
+_RESERVE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now_ms then tat = now_ms end
+local slots = {}
+for i = 1, n do
+  slots[i] = tat
+  tat = tat + interval
+end
+redis.call('SET', KEYS[1], tat, 'PX', math.max(tat - now_ms, 1) + 1000)
+return slots
+"""
+
+
+class RateLimiter:
+    def __init__(self, client: redis.asyncio.Redis, key: str, calls_per_second: float) -> None:
+        self._redis = client
+        self._key = key
+        self.interval_ms = max(1, round(1000 / calls_per_second))
+
+    async def reserve(self, count: int) -> list[int]:
+        """Reserve ``count`` call starts; returns their times in epoch milliseconds."""
+        if count <= 0:
+            return []
+        slots = await self._redis.eval(  # type: ignore[misc]
+            _RESERVE, 1, self._key, self.interval_ms, count
+        )
+        return [int(s) for s in slots]
