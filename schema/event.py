@@ -130,8 +130,11 @@ class AlertEvent(BaseModel):
     @field_validator("dedup_window_s", mode="before")
     @classmethod
     def _reject_non_integers(cls, value: Any) -> Any:
-        # JSON true/false or 1.5 must not quietly become a window.
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        # JSON true/false, 1.5 or "30" must not quietly become a window (the JSON Schema
+        # says integer; the model must not accept more than the schema does).
+        if isinstance(value, bool | str) or (
+            isinstance(value, float) and not value.is_integer()
+        ):
             raise ValueError("must be a whole number of seconds")
         return value
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from typing import Any, cast
 
-from arq import Worker
+from arq import Retry, Worker
 from arq.connections import ArqRedis, RedisSettings
+from arq.typing import WorkerCoroutine
 from arq.worker import func
 
 from worker import db
@@ -26,6 +29,7 @@ from worker.calls import place_call
 from worker.config import Settings, redact_url
 from worker.context import Services
 from worker.dedup import DedupLock
+from worker.infra import DATABASE_UNAVAILABLE
 from worker.ingest import StreamConsumer
 from worker.keys import Keys
 from worker.logs import get_logger
@@ -39,6 +43,7 @@ from worker.queue import (
     json_serializer,
 )
 from worker.ratelimit import RateLimiter
+from worker.retries import backoff_s
 from worker.simulated import SimulatedProvider
 from worker.twilio_provider import TwilioProvider
 
@@ -47,6 +52,27 @@ log = get_logger(__name__)
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
 
+JobFunction = Callable[[dict[str, Any], int], Coroutine[Any, Any, str]]
+
+
+def survive_database_outage(job: JobFunction) -> WorkerCoroutine:
+    """Postgres unreachable is not a job failure: retry later, with backoff and jitter.
+
+    Every job is idempotent, so running it again after the database returns is safe.
+    """
+
+    @wraps(job)
+    async def wrapper(ctx: dict[Any, Any], call_id: int, *_: Any, **__: Any) -> str:
+        try:
+            return await job(ctx, call_id)
+        except DATABASE_UNAVAILABLE as exc:
+            delay = backoff_s(int(ctx.get("job_try", 1)), base_s=0.5, cap_s=10.0)
+            log.warning("job.database_unavailable", job=job.__name__, call=call_id,
+                        error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
+            raise Retry(defer=delay) from exc
+
+    return cast(WorkerCoroutine, wrapper)
+
 
 def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.redis_url)
@@ -54,7 +80,8 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvider:
     if settings.provider_name == "twilio":
-        assert settings.twilio_account_sid and settings.twilio_auth_token
+        assert settings.twilio_account_sid
+        assert settings.twilio_auth_token
         return TwilioProvider(
             account_sid=settings.twilio_account_sid,
             auth_token=settings.twilio_auth_token.get_secret_value(),
@@ -103,9 +130,12 @@ class WorkerProcess:
         self._signals = 0
         self.worker = Worker(
             functions=[
-                func(place_call, name=PLACE_CALL, max_tries=_MAX_JOB_TRIES),
-                func(poll_call, name=POLL_CALL, max_tries=_MAX_JOB_TRIES),
-                func(cancel_call, name=CANCEL_CALL, max_tries=_MAX_JOB_TRIES),
+                func(survive_database_outage(place_call), name=PLACE_CALL,
+                     max_tries=_MAX_JOB_TRIES),
+                func(survive_database_outage(poll_call), name=POLL_CALL,
+                     max_tries=_MAX_JOB_TRIES),
+                func(survive_database_outage(cancel_call), name=CANCEL_CALL,
+                     max_tries=_MAX_JOB_TRIES),
             ],
             queue_name=self.keys.queue,
             redis_settings=redis_settings(settings),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 import os
 import socket
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
@@ -112,7 +112,10 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"provider twilio needs {', '.join(missing)}")
-            normalize_phone(self.twilio_from_number or "")
+            try:
+                self.twilio_from_number = normalize_phone(self.twilio_from_number or "")
+            except ValueError as exc:
+                raise ValueError(f"TWILIO_FROM_NUMBER {exc}") from None
         for name, url, schemes in (
             ("REDIS_URL", self.redis_url, ("redis", "rediss", "unix")),
             ("DATABASE_URL", self.database_url, ("postgresql", "postgres")),
@@ -120,6 +123,13 @@ class Settings(BaseSettings):
             if urlsplit(url).scheme not in schemes:
                 raise ValueError(f"{name} must start with one of {', '.join(schemes)}://")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # URLs may carry a password (rediss://user:pass@...): show them redacted.
+        for name, value in super().__repr_args__():
+            if name in ("redis_url", "database_url") and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
 
     @property
     def provider_name(self) -> Literal["twilio", "simulated"]:
@@ -149,6 +159,8 @@ def check_unknown_variables(environ: Mapping[str, str]) -> None:
 
 
 def _variable_for(field_name: str) -> str:
+    if field_name not in Settings.model_fields and field_name.upper() in _known_variables():
+        return field_name.upper()  # read from the environment: the error names the alias
     info = Settings.model_fields.get(field_name)
     if info is not None and isinstance(info.validation_alias, AliasChoices):
         return str(info.validation_alias.choices[0]).upper()

@@ -63,8 +63,10 @@ async def ensure_database(database_url: str) -> bool:
             return False
         try:
             await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
-        except asyncpg.DuplicateDatabaseError:
-            return False  # another replica created it first
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # another replica created it first (a concurrent CREATE DATABASE fails with a
+            # unique violation on pg_database, not with duplicate_database)
+            return False
         return True
     finally:
         await conn.close()
@@ -606,8 +608,8 @@ async def insert_dead_letters(db: Executor, letters: Sequence[NewDeadLetter]) ->
         ON CONFLICT (letter_key) DO NOTHING
         """,
         [
-            (l.source, l.reason, l.error, l.payload, l.attempts, l.letter_key, l.call)
-            for l in letters
+            (d.source, d.reason, d.error, d.payload, d.attempts, d.letter_key, d.call)
+            for d in letters
         ],
     )
 
@@ -698,16 +700,26 @@ async def purge_dead_letters(
     return int(result.split()[-1])
 
 
-async def reset_call_for_replay(db: Executor, call_id: int) -> bool:
-    """A dead-lettered call gets a fresh start: a new pending row would lose its history, so
-    the failed row is not reused; instead the replay creates a new attempt row."""
-    result = await db.execute(
+async def alert_group_name(db: Executor, alert_pk: int) -> str:
+    return str(await db.fetchval("SELECT group_name FROM alerts WHERE id = $1", alert_pk))
+
+
+async def add_replay_call(db: Executor, alert_pk: int, member_name: str, phone: str) -> int:
+    """A replayed call is a new row after the alert's last one: the failed row keeps its
+    history (a terminal status never moves back), and the alert is calling again."""
+    call_id = await db.fetchval(
         """
+        WITH reopened AS (
+            UPDATE alerts SET status = 'calling', updated_at = now()
+            WHERE id = $1 AND status <> 'resolved'
+            RETURNING id
+        )
         INSERT INTO calls (alert, position, member_name, phone)
-        SELECT alert, (SELECT max(position) + 1 FROM calls c2 WHERE c2.alert = c.alert),
-               member_name, phone
-        FROM calls c WHERE id = $1
+        SELECT $1, (SELECT max(position) + 1 FROM calls WHERE alert = $1), $2, $3
+        RETURNING id
         """,
-        call_id,
+        alert_pk,
+        member_name,
+        phone,
     )
-    return bool(result == "INSERT 0 1")
+    return int(call_id)

@@ -59,7 +59,7 @@ class DedupLock:
         async with self._redis.pipeline(transaction=False) as pipe:
             for r in requests:
                 pipe.eval(_ACQUIRE, 1, self._keys.dedup_lock(r.tenant, r.alert_id), r.owner,
-                          r.window_s)
+                          str(r.window_s))
             results = await pipe.execute()
         return [LockDecision(acquired=bool(ok), owner=_text(owner)) for ok, owner in results]
 

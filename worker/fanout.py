@@ -29,10 +29,11 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Failed:
-    entry: ParsedEvent
-    error: str
+    """An event whose processing raised: the consumer counts it and, past the limit,
+    dead-letters it."""
 
-    # Failed carries the entry so the consumer can count and dead-letter it.
+    event: ParsedEvent
+    error: str
 
 
 @dataclass

@@ -13,6 +13,7 @@ is not: the consumer raises, and the process exits non-zero for its supervisor t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ def parse_entry(entry: Entry) -> AlertEvent:
     raw = entry.fields.get(b"event")
     if raw is None:
         present = ", ".join(sorted(k.decode(errors="replace") for k in entry.fields)) or "none"
-        raise InvalidEntry("missing_event_field", f"entry has no 'event' field (fields: {present})")
+        raise InvalidEntry("missing_event_field",
+                           f"entry has no 'event' field (fields: {present})")
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -151,10 +153,8 @@ class StreamConsumer:
         log.info("ingest.stopped", consumer=self.consumer)
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def run_once(self) -> int:
         """Read and handle one batch; returns the number of entries handled."""
@@ -202,7 +202,8 @@ class StreamConsumer:
         if not claimed:
             return
         deliveries = await self._delivery_counts([e.stream_id for e in claimed])
-        poison = [e for e in claimed if deliveries.get(e.stream_id, 1) > self.settings.max_deliveries]
+        limit = self.settings.max_deliveries
+        poison = [e for e in claimed if deliveries.get(e.stream_id, 1) > limit]
         if poison:
             await self.dead_letter_poison(poison, deliveries)
         retry = [e for e in claimed if e not in poison]
@@ -232,7 +233,9 @@ class StreamConsumer:
                 counts[sid] = int(rows[0]["times_delivered"])
         return counts
 
-    async def dead_letter_poison(self, entries: Sequence[Entry], deliveries: dict[str, int]) -> None:
+    async def dead_letter_poison(
+        self, entries: Sequence[Entry], deliveries: dict[str, int]
+    ) -> None:
         letters = [
             ingest_letter(
                 e.payload(),
@@ -246,7 +249,8 @@ class StreamConsumer:
         await db.insert_dead_letters(self.s.db, letters)
         for entry in entries:
             await self._release_lock_of(entry)
-            log.error("event.dead_lettered", stream_id=entry.stream_id, reason="too_many_deliveries")
+            log.error("event.dead_lettered", stream_id=entry.stream_id,
+                      reason="too_many_deliveries")
         await self.ack([e.stream_id for e in entries])
 
     async def _release_lock_of(self, entry: Entry) -> None:
@@ -277,20 +281,21 @@ class StreamConsumer:
                 log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
                             error=exc.error)
         await db.insert_dead_letters(self.s.db, letters)
-        done = [letter_stream_id(l.letter_key) for l in letters]
+        done = [letter_stream_id(letter.letter_key) for letter in letters]
         outcome = await self.expander.expand(valid)
         done += outcome.done
         for failed in outcome.failed:
-            count = self._failures.add(failed.entry.stream_id)
+            entry = failed.event.entry
+            count = self._failures.add(entry.stream_id)
             if count >= self.settings.max_deliveries:
                 await db.insert_dead_letters(
                     self.s.db,
-                    [ingest_letter(failed.entry.payload(), reason="processing_failed",
-                                   error=failed.error, stream_id=failed.entry.stream_id,
+                    [ingest_letter(entry.payload(), reason="processing_failed",
+                                   error=failed.error, stream_id=entry.stream_id,
                                    attempts=count)],
                 )
-                await self._release_lock_of(failed.entry)
-                done.append(failed.entry.stream_id)
+                await self._release_lock_of(entry)
+                done.append(entry.stream_id)
             else:
                 self._backlog = True
         await self.ack(done)

@@ -61,7 +61,11 @@ def _mask_value(value: Any) -> Any:
         return [_mask_value(item) for item in value]
     if isinstance(value, BaseException):
         return mask_phone_numbers(f"{type(value).__name__}: {value}")
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Any other object (a Member, a dataclass) would be rendered with repr() after this
+    # processor has run: render it here so its phone numbers are masked too.
+    return mask_phone_numbers(repr(value))
 
 
 def mask_phone_numbers_processor(

@@ -38,6 +38,6 @@ class RateLimiter:
         if count <= 0:
             return []
         slots = await self._redis.eval(  # type: ignore[misc]
-            _RESERVE, 1, self._key, self.interval_ms, count
+            _RESERVE, 1, self._key, str(self.interval_ms), str(count)
         )
         return [int(s) for s in slots]

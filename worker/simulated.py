@@ -108,7 +108,7 @@ class SimulatedProvider:
         key = self._keys.simulated_call(sid)
         call = await self.fetch_call(sid)
         if call.status in ("queued", "ringing"):
-            await self._redis.hset(key, "canceled", time.time())  # type: ignore[misc]
+            await self._redis.hset(key, "canceled", str(time.time()))  # type: ignore[misc]
             return await self.fetch_call(sid)
         return call
 

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import asyncpg
 
 from producers import AlertProducer
-from schema import Member
 from tests.conftest import FROM_NUMBER
 from tests.fake_twilio import FakeTwilio
+from tests.helpers import PHONES, make_group, wait_for
 from worker import db
 from worker.config import Settings
 
-PHONES = ["+14155550100", "+14155550101", "+14155550102"]
-
-
-async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,
-                     tenant: str = "default") -> None:
-    members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]
-    await db.upsert_group(conn, tenant, name, members)
-
-
-async def wait_for(predicate: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
+__all__ = ["PHONES", "make_group", "wait_for"]  # re-exported for suites that import them here
 
 
 async def test_event_to_three_member_group_places_three_calls_that_complete(

@@ -1,0 +1,218 @@
+"""End-to-end fixtures: real ``python -m worker worker`` processes, and servers a test may stop.
+
+Each worker process gets the test's environment (``env`` fixture: per-test database, Redis
+DB 15 with a per-test prefix, the fake Twilio) plus a unique consumer name, and writes its
+JSON log to a file of its own, which is how a test learns what *that* process did (which
+jobs it started and finished, which calls it dialed). Every process a test started is
+SIGKILLed at teardown if it is still alive, whatever the test did.
+
+``throwaway_postgres`` and ``throwaway_redis`` are servers the test owns and may stop and
+start (scripts/services.py), so outages never touch the shared services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.services import ThrowawayPostgres, ThrowawayRedis
+from tests.conftest import REPO
+
+_names = itertools.count(1)
+
+# arq's own log lines for a job: "  0.01s → <job id>:<function>(<args>)" when it starts, then
+# "← … ●" (done), "↻" (retry or cancelled, will run again), "!" (failed) or "⊘" (aborted).
+_JOB_LINE = re.compile(r"[→←↻!⊘] (?P<job>\S+):(?P<function>place_call|poll_call|cancel_call)\b")
+_JOB_START = "→"
+
+# Settings every e2e worker runs with unless a test overrides them.
+E2E_DEFAULTS = {
+    "VOICEALERT_LOG_LEVEL": "info",
+    "VOICEALERT_LOG_FORMAT": "json",
+    "VOICEALERT_SHUTDOWN_GRACE_S": "10",
+    "VOICEALERT_HEALTH_CHECK_INTERVAL_S": "1",
+}
+
+
+@dataclass
+class WorkerProc:
+    """One real worker process, with its log file."""
+
+    name: str
+    consumer: str
+    log_path: Path
+    popen: subprocess.Popen[bytes]
+    started_at: float = field(default_factory=time.monotonic)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    # ------------------------------------------------------------------- log
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def events(self) -> list[dict[str, Any]]:
+        """The process's log lines as JSON objects (lines that are not JSON are skipped)."""
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    out.append(record)
+        return out
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("event") == event]
+
+    def job_runs(self, function: str = "place_call") -> tuple[list[str], list[str]]:
+        """Job ids of ``function`` this process started and finished, in log order (a job run
+        several times appears several times)."""
+        started: list[str] = []
+        finished: list[str] = []
+        for record in self.events():
+            text = str(record.get("event", ""))
+            if record.get("logger") != "arq.worker":
+                continue
+            match = _JOB_LINE.search(text)
+            if match is None or match["function"] != function:
+                continue
+            (started if match.group(0).startswith(_JOB_START) else finished).append(match["job"])
+        return started, finished
+
+    def unfinished_jobs(self, function: str = "place_call") -> set[str]:
+        """Jobs of ``function`` this process started and had not finished (per its log)."""
+        started, finished = self.job_runs(function)
+        remaining = list(started)
+        for job in finished:
+            if job in remaining:
+                remaining.remove(job)
+        return set(remaining)
+
+    # -------------------------------------------------------------- control
+
+    async def ready(self, timeout: float = 20.0) -> WorkerProc:  # noqa: ASYNC109 - a deadline
+        """Wait until the process reads the stream (its consumer logged ``ingest.started``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.logged("ingest.started"):
+                return self
+            if not self.alive:
+                raise AssertionError(
+                    f"worker {self.name} exited with {self.returncode} while starting:\n"
+                    f"{self.log_tail()}"
+                )
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"worker {self.name} not ready in {timeout:.0f}s:\n{self.log_tail()}")
+
+    def send(self, signum: signal.Signals) -> float:
+        """Send a signal; returns the monotonic time it was sent."""
+        self.popen.send_signal(signum)
+        return time.monotonic()
+
+    def kill(self) -> float:
+        return self.send(signal.SIGKILL)
+
+    async def wait_exit(self, timeout: float) -> int | None:  # noqa: ASYNC109 - a deadline
+        """The exit status, or None if the process is still running after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.popen.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.02)
+        return self.popen.poll()
+
+    def reap(self) -> None:
+        """SIGKILL if still running, and wait for it (teardown)."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.popen.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+
+SpawnWorker = Callable[..., WorkerProc]
+
+
+@pytest.fixture
+def spawn_worker(env: dict[str, str], tmp_path: Path) -> Iterator[SpawnWorker]:
+    """``spawn_worker("a", VOICEALERT_CONCURRENCY="20")`` starts ``python -m worker worker``
+    with the test's environment plus overrides; returns at once (``await w.ready()``)."""
+    started: list[WorkerProc] = []
+
+    def spawn(name: str = "w", **overrides: str) -> WorkerProc:
+        consumer = f"e2e-{name}-{next(_names)}-{uuid.uuid4().hex[:8]}"
+        process_env = {
+            **os.environ,
+            **env,
+            **E2E_DEFAULTS,
+            "VOICEALERT_CONSUMER_NAME": consumer,
+            **overrides,
+        }
+        log_path = tmp_path / f"worker-{consumer}.log"
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                cwd=REPO,
+                env=process_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a ^C at the terminal reaches pytest, not the worker
+            )
+        worker = WorkerProc(name=name, consumer=consumer, log_path=log_path, popen=popen)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.reap()
+
+
+@pytest.fixture
+def throwaway_postgres(tmp_path: Path) -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of the test's own (initdb'd into tmp_path), running."""
+    server = ThrowawayPostgres(data_dir=tmp_path / "pg")
+    server.init()
+    server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    """A redis-server of the test's own, running (no persistence)."""
+    server = ThrowawayRedis(data_dir=tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

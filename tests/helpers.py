@@ -1,0 +1,141 @@
+"""Helpers shared by the integration and e2e suites: groups, waiting, firing, reading back.
+
+Everything here talks to the real services (Postgres, Redis) the fixtures provide; nothing
+is mocked. ``wait_for`` is how a test waits for the pipeline: on a condition, never on a
+fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import asyncpg
+import redis.asyncio
+from arq.constants import in_progress_key_prefix, job_key_prefix
+
+from producers import AlertProducer
+from schema import Member
+from tests.fake_twilio import FakeTwilio
+from worker import db
+from worker.config import Settings
+from worker.keys import Keys
+from worker.queue import job_id
+
+PHONES = ["+14155550100", "+14155550101", "+14155550102"]
+
+
+async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,
+                     tenant: str = "default") -> None:
+    members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]
+    await db.upsert_group(conn, tenant, name, members)
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]],
+                   timeout: float = 15.0,  # noqa: ASYNC109 - a polling deadline, not I/O
+                   what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not met in {timeout:.0f}s")
+
+
+async def fire(settings: Settings, **fields: Any) -> str:
+    """Fire one trigger event the way a service would (validated producer); returns its id."""
+    fields.setdefault("group", "oncall")
+    fields.setdefault("message", "Primary database is down")
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        return await p.fire(**fields)
+
+
+async def resolve(settings: Settings, alert_id: str, tenant: str | None = None) -> str:
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        return await p.resolve(alert_id=alert_id, tenant=tenant)
+
+
+async def xadd_raw(settings: Settings, fields: Mapping[str, str]) -> str:
+    """Write a stream entry as any non-Python producer could, bypassing validation."""
+    client = redis.asyncio.Redis.from_url(settings.redis_url)
+    try:
+        entry_id = await client.xadd(Keys(settings.redis_prefix).events, dict(fields))
+    finally:
+        await client.aclose()
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def event_json(**fields: Any) -> str:
+    return json.dumps(fields)
+
+
+async def calls_of(conn: asyncpg.Connection, alert_id: str,
+                   tenant: str | None = None) -> list[db.CallRow]:
+    """The calls of every alert row with this alert_id, oldest first."""
+    return await db.list_calls(conn, alert_id=alert_id, tenant=tenant)
+
+
+async def statuses_of(conn: asyncpg.Connection, alert_id: str,
+                      tenant: str | None = None) -> list[str]:
+    """Call statuses in ring order (alert rows oldest first, then position)."""
+    rows = await calls_of(conn, alert_id, tenant)
+    return [r.status for r in sorted(rows, key=lambda r: r.id)]
+
+
+async def alert_rows(conn: asyncpg.Connection, alert_id: str,
+                     tenant: str | None = None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT * FROM alerts WHERE alert_id = $1 AND ($2::text IS NULL OR tenant = $2)"
+        " ORDER BY id",
+        alert_id,
+        tenant,
+    )
+
+
+async def alert_status(conn: asyncpg.Connection, alert_id: str,
+                       tenant: str | None = None) -> str | None:
+    rows = await alert_rows(conn, alert_id, tenant)
+    return str(rows[-1]["status"]) if rows else None
+
+
+def posted_to(fake: FakeTwilio) -> list[str]:
+    """The To number of every create POST the fake received, in arrival order."""
+    return [c.form["To"][0] for c in sorted(fake.creates(), key=lambda c: c.at)]
+
+
+async def pending_count(client: redis.asyncio.Redis, keys: Keys) -> int:
+    """Entries delivered to some consumer of the group and not acknowledged."""
+    summary = await client.xpending(keys.events, keys.consumer_group)
+    return int(summary["pending"])
+
+
+async def stream_drained(client: redis.asyncio.Redis, keys: Keys) -> bool:
+    """Every entry of the stream was delivered to the group and acknowledged."""
+    groups = await client.xinfo_groups(keys.events)
+    mine = [g for g in groups if _text(g["name"]) == keys.consumer_group]
+    if not mine:
+        return False
+    last = await client.xrevrange(keys.events, count=1)
+    if not last:
+        return True
+    delivered = _text(mine[0]["last-delivered-id"])
+    return delivered == _text(last[0][0]) and int(mine[0]["pending"]) == 0
+
+
+async def call_jobs_done(client: redis.asyncio.Redis, keys: Keys, call_ids: list[int]) -> bool:
+    """No place_call job of these calls is queued or running any more."""
+    for call_id in call_ids:
+        jid = job_id(keys.prefix, "call", call_id)
+        if await client.zscore(keys.queue, jid) is not None:
+            return False
+        if await client.exists(in_progress_key_prefix + jid, job_key_prefix + jid):
+            return False
+    return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
