@@ -2,7 +2,9 @@
 
 - Postgres: a template database is migrated once per session; every test gets a fresh
   database cloned from it (``CREATE DATABASE ... TEMPLATE``), dropped afterwards.
-- Redis: tests use logical database 15, flushed before each test, and a per-test prefix.
+- Redis: tests use logical database 15 and a per-test key prefix (which also scopes arq's
+  job keys, since job ids start with the prefix), so concurrent runs do not interfere; a
+  test's keys are deleted after it.
 - Missing services fail the run with one line; they are never silently skipped.
 """
 
@@ -32,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/voicealert")
 TEST_REDIS_DB = 15
-TEMPLATE_DB = "voicealert_test_template"
+TEMPLATE_DB = f"voicealert_test_template_{os.getpid()}"
 FROM_NUMBER = "+15005550006"
 
 _counter = itertools.count(1)
@@ -76,7 +78,7 @@ async def _admin(sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def template_database() -> str:
+def template_database() -> Iterator[str]:
     """Migrated once per session; tests clone it."""
     _check_services()
     from worker.migrate import migrate
@@ -86,7 +88,8 @@ def template_database() -> str:
         await migrate(with_database(DATABASE_URL, TEMPLATE_DB))
 
     asyncio.run(build())
-    return TEMPLATE_DB
+    yield TEMPLATE_DB
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -100,13 +103,18 @@ def database_url(template_database: str) -> Iterator[str]:
 @pytest.fixture
 def redis_url() -> str:
     _check_services()
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
     return TEST_REDIS_URL
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"vatest{next(_counter)}:"
+def prefix(redis_url: str) -> Iterator[str]:
+    value = f"vatest{os.getpid()}_{next(_counter)}:"
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for pattern in (f"{value}*", f"arq:*:{value}*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ password masked, so neither reaches a log line.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import os
 import socket
@@ -15,12 +16,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schema import normalize_phone
 
 # Read by scripts/services.py (which runs before the package is installed), not by Settings.
 _SCRIPT_VARIABLES = frozenset({"VOICEALERT_STATE_DIR", "VOICEALERT_SERVICES_FORCE_THROWAWAY"})
+# False while load_settings(mapping) builds Settings: then only the mapping is read.
+_READ_PROCESS_ENVIRONMENT = contextvars.ContextVar("_READ_PROCESS_ENVIRONMENT", default=True)
 
 
 class ConfigError(Exception):
@@ -76,6 +79,7 @@ class Settings(BaseSettings):
     reclaim_idle_s: float = Field(default=15.0, gt=0)
     reclaim_interval_s: float = Field(default=5.0, gt=0)
     max_deliveries: int = Field(default=5, ge=1)
+    stream_retention_s: float = Field(default=86400.0, ge=0)
     concurrency: int = Field(default=50, ge=1, le=1000)
     poll_delay_s: float = Field(default=0.05, gt=0, le=5)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
@@ -95,6 +99,19 @@ class Settings(BaseSettings):
     health_check_interval_s: float = Field(default=10.0, gt=0)
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not _READ_PROCESS_ENVIRONMENT.get():
+            return (init_settings,)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings
 
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:
@@ -180,7 +197,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             for field in Settings.model_fields
             if (var := _variable_for(field)) in env
         }
-        return Settings.model_validate(values)
+        # (BaseSettings.model_validate would still merge os.environ in: switch that off.)
+        token = _READ_PROCESS_ENVIRONMENT.set(False)
+        try:
+            return Settings.model_validate(values)
+        finally:
+            _READ_PROCESS_ENVIRONMENT.reset(token)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()

@@ -162,6 +162,8 @@ class StreamConsumer:
         if loop.time() - self._last_reclaim >= self.settings.reclaim_interval_s:
             self._last_reclaim = loop.time()
             await self.reclaim()
+            await self.trim()
+            await self.forget_departed_consumers()
         entries = await self._read()
         if entries:
             await self.handle(entries)
@@ -210,6 +212,38 @@ class StreamConsumer:
         log.info("ingest.reclaimed", count=len(claimed), poison=len(poison))
         if retry:
             await self.handle(retry)
+
+    async def trim(self) -> int:
+        """Drop entries that are both processed and older than the retention period.
+
+        Without trimming the stream grows forever. Processed means older than every pending
+        entry and than the group's last delivered id, so nothing unacknowledged is removed.
+        """
+        info = await self.s.redis.xinfo_groups(self.stream)
+        ours = next((g for g in info if _text(g["name"]) == self.group), None)
+        if ours is None:
+            return 0
+        floor = _stream_id_tuple(_text(ours["last-delivered-id"]))
+        pending = await self.s.redis.xpending(self.stream, self.group)
+        if pending and pending.get("min"):
+            floor = min(floor, _stream_id_tuple(_text(pending["min"])))
+        seconds, micros = await self.s.redis.time()
+        horizon_ms = seconds * 1000 + micros // 1000 - int(self.settings.stream_retention_s * 1000)
+        min_id = min(floor, (horizon_ms, 0))
+        if min_id <= (0, 0):
+            return 0
+        removed = await self.s.redis.xtrim(
+            self.stream, minid=f"{min_id[0]}-{min_id[1]}", approximate=False
+        )
+        return int(removed)
+
+    async def forget_departed_consumers(self) -> None:
+        """Each replica start is a new consumer name; remove names that left nothing pending
+        and have been idle an hour, so XINFO CONSUMERS stays readable."""
+        for consumer in await self.s.redis.xinfo_consumers(self.stream, self.group):
+            name = _text(consumer["name"])
+            if name != self.consumer and consumer["pending"] == 0 and consumer["idle"] > 3_600_000:
+                await self.s.redis.xgroup_delconsumer(self.stream, self.group, name)
 
     async def _autoclaim(
         self, min_idle_ms: int, cursor: str
@@ -303,6 +337,11 @@ class StreamConsumer:
 
 def letter_stream_id(letter_key: str) -> str:
     return letter_key.removeprefix("stream:")
+
+
+def _stream_id_tuple(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _text(value: bytes | str) -> str:
