@@ -170,8 +170,12 @@ def check_unknown_variables(environ: Mapping[str, str]) -> None:
     for name in sorted(environ):
         upper = name.upper()
         if upper.startswith("VOICEALERT_") and upper not in known:
-            close = difflib.get_close_matches(upper, known, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            # Compare what follows the shared prefix, or every name looks close.
+            suffixes = {k.removeprefix("VOICEALERT_"): k for k in known}
+            close = difflib.get_close_matches(
+                upper.removeprefix("VOICEALERT_"), suffixes, n=1, cutoff=0.7
+            )
+            hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
             raise ConfigError(f"unknown setting {name}{hint}")
 
 
