@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 from arq.connections import ArqRedis
 
+from producers import AlertProducer
 from tests.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
@@ -147,3 +148,28 @@ async def test_retried_xadd_with_same_event_id_is_processed_once_and_not_its_own
     assert await db_conn.fetchval("SELECT count(*) FROM duplicate_events") == 0
     assert len(await calls_of(db_conn, "db-down")) == 3
     assert len(fake_twilio.creates()) == 3
+
+
+async def test_burst_of_the_same_alert_rings_once_and_counts_the_rest(
+    settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
+    arq_redis: ArqRedis, start_worker: Any,
+) -> None:
+    await make_group(db_conn)
+    await start_worker()
+    # Five monitors notice the same outage at once (one pipelined write, likely one batch).
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire_many(
+            [{"alert_id": "db-down", "group": "oncall", "message": f"seen by monitor {i}"}
+             for i in range(5)]
+        )
+    await wait_for(lambda: stream_drained(arq_redis, Keys(settings.redis_prefix)),
+                   what="burst acknowledged")
+    rows = await alert_rows(db_conn, "db-down")
+    assert [(r["message"], r["duplicates"]) for r in rows] == [("seen by monitor 0", 4)]
+    assert await db_conn.fetchval("SELECT count(*) FROM duplicate_events") == 4
+
+    async def three_posted() -> bool:
+        return len(fake_twilio.creates()) == 3
+
+    await wait_for(three_posted, what="3 create POSTs")
+    assert len(await calls_of(db_conn, "db-down")) == 3

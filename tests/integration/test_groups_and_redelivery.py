@@ -61,6 +61,27 @@ async def test_unknown_group_rings_nobody_is_dead_lettered_and_a_corrected_retry
     assert await db_conn.fetchval("SELECT count(*) FROM dead_letters") == 1
 
 
+async def test_event_resent_with_same_event_id_after_group_is_created_rings(
+    settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
+    arq_redis: ArqRedis, start_worker: Any,
+) -> None:
+    await start_worker()
+    await fire(settings, alert_id="db-down", group="platform", event_id="evt-7")
+
+    async def recorded() -> bool:
+        return await alert_status(db_conn, "db-down") == "unknown_group"
+
+    await wait_for(recorded, what="alert recorded as unknown_group")
+    await make_group(db_conn, name="platform")
+    # The producer retries the very same event (same event_id) once the group exists.
+    await fire(settings, alert_id="db-down", group="platform", event_id="evt-7")
+    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="retry's calls complete")
+    assert sorted(posted_to(fake_twilio)) == PHONES
+    rows = await alert_rows(db_conn, "db-down")
+    assert [(r["event_id"], r["status"], r["duplicates"]) for r in rows] == [
+        ("evt-7", "answered", 0)]
+
+
 async def test_empty_group_rings_nobody_without_dead_letter_and_a_corrected_retry_rings(
     settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
     arq_redis: ArqRedis, start_worker: Any,

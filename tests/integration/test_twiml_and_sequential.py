@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import xml.etree.ElementTree as ET
 from typing import Any
 
@@ -73,7 +73,6 @@ async def test_message_with_control_characters_yields_twiml_that_parses(
     assert not any(ord(ch) < 0x20 or ch == "\u200b" for ch in twiml)
     stored = await db_conn.fetchval("SELECT message FROM alerts WHERE alert_id = 'ctl'")
     assert stored == "Disk full on db-1 now <act> & fast"
-    assert json.loads(event_json(message=raw_message))["message"] == raw_message
 
 
 async def test_sequential_rings_next_member_on_no_answer_and_stops_when_answered(
@@ -117,6 +116,6 @@ async def test_sequential_with_nobody_answering_rings_each_in_order_and_ends_una
     # One at a time: each member is dialled only after the previous call ended.
     creates = sorted(fake_twilio.creates(), key=lambda c: c.at)
     calls = {c.to: c for c in fake_twilio.created_calls()}
-    for before, after in zip(creates, creates[1:], strict=False):
+    for before, after in itertools.pairwise(creates):
         previous = calls[before.form["To"][0]]
         assert after.at >= previous.created_monotonic + fake_twilio.ring_s
