@@ -18,7 +18,7 @@ import pydantic
 import redis
 import redis.asyncio
 
-from schema import AlertEvent
+from schema import AlertEvent, describe_errors
 
 DEFAULT_PREFIX = "voicealert:"
 
@@ -33,12 +33,7 @@ class ValidationError(ValueError):
 
     @classmethod
     def from_pydantic(cls, exc: pydantic.ValidationError) -> ValidationError:
-        first = exc.errors()[0]
-        loc = ".".join(str(part) for part in first.get("loc", ()))
-        message = str(first["msg"]).removeprefix("Value error, ")
-        if not loc and ": " in message:  # model-level check that names its field itself
-            loc, message = message.split(": ", 1)
-        return cls(loc or "event", message)
+        return cls(*describe_errors(exc)[0])
 
 
 def build_event(**fields: Any) -> AlertEvent:

@@ -9,6 +9,7 @@ from schema.event import (
     METADATA_MAX_BYTES,
     AlertEvent,
     Member,
+    describe_errors,
     normalize_phone,
     strip_control_characters,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "SCHEMA_DIR",
     "AlertEvent",
     "Member",
+    "describe_errors",
     "normalize_phone",
     "strip_control_characters",
 ]

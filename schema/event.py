@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -52,7 +53,20 @@ def _clean_message(value: str) -> str:
     return cleaned
 
 
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
+    if _contains_nul(value):
+        # Postgres jsonb cannot store U+0000.
+        raise ValueError("must not contain NUL characters (\\u0000)")
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON, got {size}")
@@ -69,8 +83,13 @@ def normalize_phone(value: str) -> str:
     return candidate
 
 
+# No control characters in names: they end up in Redis keys, SQL text columns (Postgres
+# refuses NUL outright) and log lines.
 Identifier = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1F\x7F]+$"
+    ),
 ]
 Message = Annotated[
     str,
@@ -164,3 +183,19 @@ class Member(BaseModel):
 
     name: Identifier
     phone: Phone
+
+
+def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """(field, reason) for each problem, phrased for a person: what producers raise, what
+    dead letters record and what the CLI prints all read the same."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error.get("loc", ()))
+        if error["type"] == "string_pattern_mismatch":
+            reason = "must not contain control characters"
+        else:
+            reason = str(error["msg"]).removeprefix("Value error, ")
+        if not field and ": " in reason:  # a model-level check that names its field itself
+            field, reason = reason.split(": ", 1)
+        problems.append((field or "event", reason))
+    return problems

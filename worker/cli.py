@@ -20,7 +20,7 @@ import redis.exceptions
 
 from producers import AlertProducer
 from producers import ValidationError as EventValidationError
-from schema import DEFAULT_TENANT, Member
+from schema import DEFAULT_TENANT, Member, describe_errors
 from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
 from worker.infra import DATABASE_UNAVAILABLE
@@ -141,7 +141,7 @@ def _parse_members(values: tuple[str, ...]) -> list[Member]:
         try:
             members.append(Member(name=name, phone=phone))
         except pydantic.ValidationError as exc:
-            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            reason = describe_errors(exc)[0][1]
             raise BadInput(f"member {name.strip()!r}: phone {reason}") from None
     return members
 

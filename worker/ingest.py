@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pydantic
 import redis.exceptions
 
-from schema import AlertEvent
+from schema import AlertEvent, describe_errors
 from worker import db
 from worker.context import Services
 from worker.dead_letters import ingest_letter
@@ -43,10 +43,7 @@ class Entry:
         """The raw entry as JSON-safe text, for a dead letter (replay rebuilds it exactly)."""
         return {
             "stream_id": self.stream_id,
-            "fields": {
-                k.decode(errors="replace"): v.decode(errors="replace")
-                for k, v in self.fields.items()
-            },
+            "fields": {_storable(k): _storable(v) for k, v in self.fields.items()},
         }
 
 
@@ -86,10 +83,7 @@ def parse_entry(entry: Entry) -> AlertEvent:
     try:
         return AlertEvent.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            loc = ".".join(str(p) for p in error.get("loc", ())) or "event"
-            problems.append(f"{loc}: {str(error['msg']).removeprefix('Value error, ')}")
+        problems = [f"{field}: {reason}" for field, reason in describe_errors(exc)]
         raise InvalidEntry("invalid_event", "; ".join(problems)) from None
 
 
@@ -302,6 +296,24 @@ class StreamConsumer:
 
     async def handle(self, entries: Sequence[Entry]) -> None:
         """Validate, then expand; acknowledge what is durably done."""
+        try:
+            await self._handle(entries)
+        except DATABASE_UNAVAILABLE:
+            # An outage is not the entries' fault: give back the delivery this attempt used,
+            # or every retry during a long outage (backlog re-read, reclaim) would count
+            # toward max_deliveries and good events would end as "too_many_deliveries".
+            await self._return_deliveries(entries)
+            raise
+
+    async def _return_deliveries(self, entries: Sequence[Entry]) -> None:
+        counts = await self._delivery_counts([e.stream_id for e in entries])
+        async with self.s.redis.pipeline(transaction=False) as pipe:
+            for sid, count in counts.items():
+                pipe.xclaim(self.stream, self.group, self.consumer, 0, [sid],
+                            retrycount=max(count - 1, 1), justid=True)
+            await pipe.execute()
+
+    async def _handle(self, entries: Sequence[Entry]) -> None:
         valid: list[ParsedEvent] = []
         letters = []
         for entry in entries:
@@ -337,6 +349,11 @@ class StreamConsumer:
 
 def letter_stream_id(letter_key: str) -> str:
     return letter_key.removeprefix("stream:")
+
+
+def _storable(raw: bytes) -> str:
+    """Entry bytes as text Postgres can store: invalid UTF-8 and NUL become U+FFFD."""
+    return raw.decode(errors="replace").replace("\x00", "\ufffd")
 
 
 def _stream_id_tuple(stream_id: str) -> tuple[int, int]:

@@ -140,3 +140,39 @@ async def test_invalid_entries_are_dead_lettered_acknowledged_and_good_ones_stil
 
 async def _no_pending(client: ArqRedis, keys: Keys) -> bool:
     return await pending_count(client, keys) == 0
+
+
+NUL_ENTRIES: list[tuple[dict[str, str], str]] = [
+    ({"event": 'bad\x00json'}, "invalid_json"),
+    ({"event": event_json(alert_id="a", group="on\u0000call", message="m")}, "invalid_event"),
+    ({"event": event_json(alert_id="a\u0000", group="oncall", message="m")}, "invalid_event"),
+    ({"event": event_json(alert_id="a", group="oncall", message="m",
+                          metadata={"k": "v\u0000"})}, "invalid_event"),
+]
+
+
+async def test_nul_characters_become_dead_letters_and_never_stop_the_worker(
+    settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
+    arq_redis: ArqRedis, start_worker: Any,
+) -> None:
+    # Postgres refuses U+0000 in text and jsonb: such an entry must be refused by validation
+    # and stored readably, not crash the consumer on every redelivery.
+    keys = Keys(settings.redis_prefix)
+    await make_group(db_conn)
+    worker = await start_worker()
+    ids = [await xadd_raw(settings, fields) for fields, _ in NUL_ENTRIES]
+    await xadd_raw(settings, {"event": event_json(alert_id="db-down", group="oncall",
+                                                  message="Primary database is down")})
+
+    async def all_completed() -> bool:
+        rows = await calls_of(db_conn, "db-down")
+        return len(rows) == 3 and all(r.status == "completed" for r in rows)
+
+    await wait_for(all_completed, what="the good entry's calls")
+    await wait_for(lambda: _no_pending(arq_redis, keys), what="every entry acknowledged")
+    assert worker.process.consumer_task is not None
+    assert not worker.process.consumer_task.done()
+    rows = await db_conn.fetch("SELECT payload, reason FROM dead_letters ORDER BY id")
+    assert [r["payload"]["stream_id"] for r in rows] == ids
+    assert [r["reason"] for r in rows] == [reason for _, reason in NUL_ENTRIES]
+    assert "\ufffd" in rows[0]["payload"]["fields"]["event"]
