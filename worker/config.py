@@ -15,7 +15,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schema import normalize_phone
@@ -112,6 +119,14 @@ class Settings(BaseSettings):
         if not _READ_PROCESS_ENVIRONMENT.get():
             return (init_settings,)
         return init_settings, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("simulated_outcomes")
+    @classmethod
+    def _check_outcomes(cls, value: str) -> str:
+        from worker.simulated import parse_outcomes
+
+        parse_outcomes(value)
+        return value
 
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:

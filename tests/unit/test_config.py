@@ -239,3 +239,8 @@ def test_error_about_another_setting_does_not_show_the_auth_token() -> None:
 )
 def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_bad_simulated_outcome_fails_at_start_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match="VOICEALERT_SIMULATED_OUTCOMES"):
+        load_settings({"VOICEALERT_SIMULATED_OUTCOMES": "+14155550100=ringing"})

@@ -1,0 +1,140 @@
+"""The Redis building blocks on their own, against real Redis: dedup lock, call-rate schedule,
+batched job enqueue, the simulated provider."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio
+from arq.connections import ArqRedis
+
+from worker.dedup import DedupLock, LockRequest
+from worker.keys import Keys
+from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id, json_deserializer
+from worker.ratelimit import RateLimiter
+from worker.simulated import SimulatedProvider, parse_outcomes
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    conn = redis.asyncio.Redis.from_url(redis_url)
+    yield conn
+    await conn.aclose()
+
+
+def request(owner: str, alert_id: str = "db-down", tenant: str = "t1") -> LockRequest:
+    return LockRequest(tenant=tenant, alert_id=alert_id, owner=owner, window_s=60)
+
+
+async def test_dedup_lock_is_reentered_by_its_owner_and_refused_to_others(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    lock = DedupLock(client, Keys(prefix))
+    first, again, other, other_tenant = await lock.acquire_many(
+        [request("event:a"), request("event:a"), request("event:b"),
+         request("event:b", tenant="t2")]
+    )
+    assert (first.acquired, again.acquired, other.acquired) == (True, True, False)
+    assert other.owner == "event:a"
+    assert other_tenant.acquired
+
+
+async def test_dedup_lock_is_released_only_by_its_owner(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    lock = DedupLock(client, Keys(prefix))
+    await lock.acquire_many([request("event:a")])
+    assert not await lock.release("t1", "db-down", "event:b")
+    assert not (await lock.acquire_many([request("event:b")]))[0].acquired
+    assert await lock.release("t1", "db-down", "event:a")
+    assert (await lock.acquire_many([request("event:b")]))[0].acquired
+
+
+async def test_dedup_lock_expires_with_its_window(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    lock = DedupLock(client, Keys(prefix))
+    short = LockRequest(tenant="t1", alert_id="x", owner="event:a", window_s=1)
+    await lock.acquire_many([short])
+    ttl = await client.ttl(Keys(prefix).dedup_lock("t1", "x"))
+    assert 0 < ttl <= 1
+
+
+async def test_tenant_and_alert_id_cannot_collide_in_lock_keys() -> None:
+    keys = Keys("p:")
+    assert keys.dedup_lock("a:b", "c") != keys.dedup_lock("a", "b:c")
+
+
+async def test_rate_limiter_spaces_reservations_across_callers(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    one = RateLimiter(client, keys.rate_limit, calls_per_second=10)
+    two = RateLimiter(client, keys.rate_limit, calls_per_second=10)  # another replica
+    first = await one.reserve(3)
+    second = await two.reserve(2)
+    slots = first + second
+    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    assert gaps == [100, 100, 100, 100]
+
+
+async def test_rate_limiter_does_not_bank_idle_time(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    limiter = RateLimiter(client, Keys(prefix).rate_limit, calls_per_second=20)
+    await limiter.reserve(1)
+    await asyncio.sleep(0.3)
+    later = await limiter.reserve(2)
+    seconds, micros = await client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    assert later[0] >= now_ms - 50  # no burst credit from the idle 300 ms
+    assert later[1] - later[0] == 50
+
+
+async def test_enqueue_many_skips_jobs_already_queued(arq_redis: ArqRedis, prefix: str) -> None:
+    keys = Keys(prefix)
+    jobs = [ScheduledJob(PLACE_CALL, job_id(prefix, "call", i), (i,), 0) for i in (1, 2)]
+    assert await enqueue_many(arq_redis, keys.queue, jobs, expires_ms=60_000) == 2
+    again = jobs + [ScheduledJob(PLACE_CALL, job_id(prefix, "call", 3), (3,), 0)]
+    assert await enqueue_many(arq_redis, keys.queue, again, expires_ms=60_000) == 1
+    queued = await arq_redis.zrange(keys.queue, 0, -1)
+    assert sorted(q.decode() for q in queued) == [job_id(prefix, "call", i) for i in (1, 2, 3)]
+    raw = await arq_redis.get("arq:job:" + job_id(prefix, "call", 3))
+    payload = json_deserializer(raw)  # JSON, never pickle
+    assert (payload["f"], payload["a"]) == (PLACE_CALL, [3])
+
+
+async def test_simulated_provider_follows_a_realistic_lifecycle(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    provider = SimulatedProvider(client, Keys(prefix), outcomes="+14155550101=busy,*=completed",
+                                 ring_s=0.2, talk_s=0.2)
+    answered = await provider.create_call(to="+14155550100", twiml="<Response/>")
+    busy = await provider.create_call(to="+14155550101", twiml="<Response/>")
+    assert answered.status == "queued"
+    await asyncio.sleep(0.5)
+    done = await provider.fetch_call(answered.sid)
+    assert (done.status, done.answered_by) == ("completed", "human")
+    assert (await provider.fetch_call(busy.sid)).status == "busy"
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    found = await provider.find_calls(to="+14155550100", since=since)
+    assert [c.sid for c in found] == [answered.sid]
+
+
+async def test_simulated_call_canceled_while_ringing_ends_canceled(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    provider = SimulatedProvider(client, Keys(prefix), outcomes="completed", ring_s=5, talk_s=1)
+    call = await provider.create_call(to="+14155550100", twiml="<Response/>")
+    assert (await provider.cancel_call(call.sid)).status == "canceled"
+    await asyncio.sleep(0.1)
+    assert (await provider.fetch_call(call.sid)).status == "canceled"
+
+
+def test_simulated_outcomes_reject_unknown_statuses() -> None:
+    assert parse_outcomes("no-answer") == {"*": "no-answer"}
+    with pytest.raises(ValueError, match="answered"):
+        parse_outcomes("+14155550100=answered")
