@@ -4,6 +4,7 @@ batched job enqueue, the simulated provider."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -77,7 +78,7 @@ async def test_rate_limiter_spaces_reservations_across_callers(
     first = await one.reserve(3)
     second = await two.reserve(2)
     slots = first + second
-    gaps = [b - a for a, b in zip(slots, slots[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
     assert gaps == [100, 100, 100, 100]
 
 
