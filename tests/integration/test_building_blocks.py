@@ -99,7 +99,7 @@ async def test_enqueue_many_skips_jobs_already_queued(arq_redis: ArqRedis, prefi
     keys = Keys(prefix)
     jobs = [ScheduledJob(PLACE_CALL, job_id(prefix, "call", i), (i,), 0) for i in (1, 2)]
     assert await enqueue_many(arq_redis, keys.queue, jobs, expires_ms=60_000) == 2
-    again = jobs + [ScheduledJob(PLACE_CALL, job_id(prefix, "call", 3), (3,), 0)]
+    again = [*jobs, ScheduledJob(PLACE_CALL, job_id(prefix, "call", 3), (3,), 0)]
     assert await enqueue_many(arq_redis, keys.queue, again, expires_ms=60_000) == 1
     queued = await arq_redis.zrange(keys.queue, 0, -1)
     assert sorted(q.decode() for q in queued) == [job_id(prefix, "call", i) for i in (1, 2, 3)]
