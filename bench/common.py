@@ -80,7 +80,9 @@ def worker_env(fake: FakeTwilio, **overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def worker_processes(env: dict[str, str], count: int = 1) -> Iterator[list[subprocess.Popen[bytes]]]:
+def worker_processes(
+    env: dict[str, str], count: int = 1
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "worker", "worker"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 
 import redis
 
@@ -36,7 +37,7 @@ async def burst(count: int) -> float:
 
 
 def backlog(client: redis.Redis) -> int:
-    groups = client.xinfo_groups("voicealert:events")
+    groups: list[dict[str, Any]] = client.xinfo_groups("voicealert:events")  # type: ignore[assignment]
     if not groups:
         return -1
     group = groups[0]

@@ -118,6 +118,20 @@ async def close_services(services: Services) -> None:
     await services.db.close()
 
 
+class _DrainableWorker(Worker):
+    """arq's Worker, except that a drain stops starting jobs at once.
+
+    arq checks ``allow_pick_jobs`` once per poll and then starts every job of the batch it
+    read, so a SIGTERM landing mid-batch still took new calls after ``worker.stopping``.
+    """
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            if not self.allow_pick_jobs:
+                return
+            await super().start_jobs([job_id])
+
+
 class WorkerProcess:
     """One replica: arq's job loop plus the stream consumer, started and stopped together."""
 
@@ -128,7 +142,7 @@ class WorkerProcess:
         self.consumer_task: asyncio.Task[None] | None = None
         self.exit_code = 0
         self._signals = 0
-        self.worker = Worker(
+        self.worker = _DrainableWorker(
             functions=[
                 func(survive_database_outage(place_call), name=PLACE_CALL,
                      max_tries=_MAX_JOB_TRIES),

@@ -45,7 +45,9 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.status in db.TERMINAL_STATUSES:
         return "already-ended"
-    if call.status in db.LIVE_PROVIDER_STATUSES:
+    # A sid on a 'dialing' row: the previous run was stopped between recording the sid and
+    # the status. It is placed (the lookup would skip it as "known" and ring again).
+    if call.status in db.LIVE_PROVIDER_STATUSES or call.provider_sid is not None:
         await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
         return "already-placed"
     if call.alert_status == "resolved":

@@ -18,9 +18,11 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ _names = itertools.count(1)
 # "← … ●" (done), "↻" (retry or cancelled, will run again), "!" (failed) or "⊘" (aborted).
 _JOB_LINE = re.compile(r"[→←↻!⊘] (?P<job>\S+):(?P<function>place_call|poll_call|cancel_call)\b")
 _JOB_START = "→"
+_CUT_OFF = "cancelled, will be run again"  # a run cancelled halfway did not finish
 
 # Settings every e2e worker runs with unless a test overrides them.
 E2E_DEFAULTS = {
@@ -95,8 +98,8 @@ class WorkerProc:
         return [e for e in self.events() if e.get("event") == event]
 
     def job_runs(self, function: str = "place_call") -> tuple[list[str], list[str]]:
-        """Job ids of ``function`` this process started and finished, in log order (a job run
-        several times appears several times)."""
+        """Job ids of ``function`` this process started, and those whose run it saw to an end
+        (done, retry requested, failed; not cancelled halfway), in log order."""
         started: list[str] = []
         finished: list[str] = []
         for record in self.events():
@@ -106,7 +109,10 @@ class WorkerProc:
             match = _JOB_LINE.search(text)
             if match is None or match["function"] != function:
                 continue
-            (started if match.group(0).startswith(_JOB_START) else finished).append(match["job"])
+            if match.group(0).startswith(_JOB_START):
+                started.append(match["job"])
+            elif _CUT_OFF not in text:
+                finished.append(match["job"])
         return started, finished
 
     def unfinished_jobs(self, function: str = "place_call") -> set[str]:
@@ -200,13 +206,24 @@ def spawn_worker(env: dict[str, str], tmp_path: Path) -> Iterator[SpawnWorker]:
 
 
 @pytest.fixture
-def throwaway_postgres(tmp_path: Path) -> Iterator[ThrowawayPostgres]:
-    """A PostgreSQL server of the test's own (initdb'd into tmp_path), running."""
-    server = ThrowawayPostgres(data_dir=tmp_path / "pg")
-    server.init()
-    server.start()
-    yield server
-    server.stop("immediate")
+def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
+    """A PostgreSQL server of the test's own, running, removed afterwards.
+
+    Its data directory is not under pytest's tmp_path: the server runs as user postgres,
+    and any pytest session starting meanwhile resets /tmp/pytest-of-<user> to mode 0700,
+    which would lock the server out of its own directory.
+    """
+    root = Path(tempfile.mkdtemp(prefix="voicealert-e2e-pg-"))
+    server = ThrowawayPostgres(data_dir=root / "pg")
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop("immediate")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
