@@ -31,7 +31,7 @@ async def _twiml_posted(fake: FakeTwilio) -> ET.Element:
 
     await wait_for(posted, what="the create POST")
     twiml = fake.creates()[0].form["Twiml"][0]
-    return ET.fromstring(twiml)  # noqa: S314 - our own fake's copy of what we sent
+    return ET.fromstring(twiml)  # our own fake's copy of what we sent
 
 
 def _spoken(root: ET.Element) -> list[str]:
