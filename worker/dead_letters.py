@@ -7,6 +7,7 @@ is about, so the same failure seen twice (a redelivery) is lettered once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,18 @@ from worker.keys import Keys
 from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id
 from worker.ratelimit import RateLimiter
 
+# Postgres text refuses NUL, and UTF-8 cannot carry an unpaired surrogate (JSON's "\ud800").
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """``text`` as Postgres can store it (unstorable characters become U+FFFD).
+
+    A letter's error quotes its input (a field name, a provider message): an entry with a NUL
+    in a field name must be lettered, not crash the consumer on every redelivery.
+    """
+    return _UNSTORABLE.sub("\ufffd", text)
+
 
 def ingest_letter(
     payload: dict[str, Any], *, reason: str, error: str, stream_id: str, attempts: int = 1
@@ -26,7 +39,7 @@ def ingest_letter(
     return NewDeadLetter(
         source="ingest",
         reason=reason,
-        error=error,
+        error=storable_text(error),
         payload=payload,
         letter_key=f"stream:{stream_id}",
         attempts=attempts,
@@ -39,7 +52,7 @@ def call_letter(
     return NewDeadLetter(
         source="call",
         reason=reason,
-        error=error,
+        error=storable_text(error),
         payload={"call_id": call_id, **payload},
         letter_key=f"call:{call_id}:{attempt}",
         attempts=attempt,

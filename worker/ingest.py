@@ -24,7 +24,7 @@ import redis.exceptions
 from schema import AlertEvent, describe_errors
 from worker import db
 from worker.context import Services
-from worker.dead_letters import ingest_letter
+from worker.dead_letters import ingest_letter, storable_text
 from worker.fanout import Expander
 from worker.infra import DATABASE_UNAVAILABLE
 from worker.logs import get_logger
@@ -353,7 +353,7 @@ def letter_stream_id(letter_key: str) -> str:
 
 def _storable(raw: bytes) -> str:
     """Entry bytes as text Postgres can store: invalid UTF-8 and NUL become U+FFFD."""
-    return raw.decode(errors="replace").replace("\x00", "\ufffd")
+    return storable_text(raw.decode(errors="replace"))
 
 
 def _stream_id_tuple(stream_id: str) -> tuple[int, int]:

@@ -149,7 +149,8 @@ def test_backoff_is_fully_jittered_across_its_range() -> None:
 def test_backoff_ceiling_doubles_per_attempt_until_the_cap() -> None:
     rng = random.Random(3)
     tops = [
-        max(backoff_s(n, base_s=0.5, cap_s=3.0, rng=rng) for _ in range(500)) for n in (1, 2, 3, 4, 5)
+        max(backoff_s(n, base_s=0.5, cap_s=3.0, rng=rng) for _ in range(500))
+        for n in (1, 2, 3, 4, 5)
     ]
     assert tops[0] <= 0.5 < tops[1] <= 1.0 < tops[2] <= 2.0 < tops[3] <= 3.0
     assert tops[4] <= 3.0
