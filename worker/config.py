@@ -96,7 +96,6 @@ class Settings(BaseSettings):
     poll_margin_s: float = Field(default=30.0, ge=0)
     max_call_duration_s: float = Field(default=3600.0, gt=0)
     max_call_attempts: int = Field(default=8, ge=1)
-    max_retry_age_s: float = Field(default=600.0, gt=0)
     max_call_age_s: float = Field(default=1800.0, gt=0)
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)
