@@ -79,6 +79,12 @@ async def calls_of(conn: asyncpg.Connection, alert_id: str,
     return await db.list_calls(conn, alert_id=alert_id, tenant=tenant)
 
 
+async def all_calls_completed(conn: asyncpg.Connection, alert_id: str, count: int) -> bool:
+    """Whether the alert has exactly ``count`` calls and every one ended completed."""
+    rows = await calls_of(conn, alert_id)
+    return len(rows) == count and all(r.status == "completed" for r in rows)
+
+
 async def statuses_of(conn: asyncpg.Connection, alert_id: str,
                       tenant: str | None = None) -> list[str]:
     """Call statuses in ring order (alert rows oldest first, then position)."""

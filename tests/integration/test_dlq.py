@@ -12,7 +12,7 @@ import asyncpg
 
 from producers import AlertProducer
 from tests.fake_twilio import FakeTwilio
-from tests.integration.test_pipeline import make_group, wait_for
+from tests.helpers import make_group, wait_for
 from worker import db
 from worker.config import Settings
 

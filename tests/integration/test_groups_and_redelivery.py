@@ -12,6 +12,7 @@ from tests.helpers import (
     PHONES,
     alert_rows,
     alert_status,
+    all_calls_completed,
     calls_of,
     fire,
     make_group,
@@ -24,11 +25,6 @@ from worker.config import Settings
 from worker.keys import Keys
 
 DEAD = "dead-consumer"
-
-
-async def _all_completed(conn: asyncpg.Connection, alert_id: str, n: int) -> bool:
-    rows = await calls_of(conn, alert_id)
-    return len(rows) == n and all(r.status == "completed" for r in rows)
 
 
 async def test_unknown_group_rings_nobody_is_dead_lettered_and_a_corrected_retry_rings(
@@ -54,7 +50,8 @@ async def test_unknown_group_rings_nobody_is_dead_lettered_and_a_corrected_retry
     # The operator creates the missing group; the service retries within the window.
     await make_group(db_conn, name="platform")
     await fire(settings, alert_id="db-down", group="platform")
-    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="retry's calls complete")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="retry's calls complete")
     assert sorted(posted_to(fake_twilio)) == PHONES
     assert [r["status"] for r in await alert_rows(db_conn, "db-down")] == [
         "unknown_group", "answered"]
@@ -75,7 +72,8 @@ async def test_event_resent_with_same_event_id_after_group_is_created_rings(
     await make_group(db_conn, name="platform")
     # The producer retries the very same event (same event_id) once the group exists.
     await fire(settings, alert_id="db-down", group="platform", event_id="evt-7")
-    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="retry's calls complete")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="retry's calls complete")
     assert sorted(posted_to(fake_twilio)) == PHONES
     rows = await alert_rows(db_conn, "db-down")
     assert [(r["event_id"], r["status"], r["duplicates"]) for r in rows] == [
@@ -103,7 +101,8 @@ async def test_empty_group_rings_nobody_without_dead_letter_and_a_corrected_retr
 
     await make_group(db_conn, name="platform")
     await fire(settings, alert_id="db-down", group="platform")
-    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="retry's calls complete")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="retry's calls complete")
     assert sorted(posted_to(fake_twilio)) == PHONES
 
 
@@ -120,7 +119,8 @@ async def test_entry_left_pending_by_a_dead_consumer_is_reclaimed_and_rings_once
     assert delivered[0][1][0][0].decode() == entry
 
     await start_worker()
-    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="reclaimed entry's calls")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="reclaimed entry's calls")
     await wait_for(lambda: stream_drained(arq_redis, keys), what="reclaimed entry acknowledged")
     assert sorted(posted_to(fake_twilio)) == PHONES
     rows = await alert_rows(db_conn, "db-down")
@@ -136,7 +136,8 @@ async def test_entry_redelivered_after_its_calls_were_placed_creates_no_duplicat
     await make_group(db_conn)
     first_worker = await start_worker()
     entry = await fire(settings, alert_id="db-down")
-    await wait_for(lambda: _all_completed(db_conn, "db-down", 3), what="first processing")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="first processing")
     assert await first_worker.stop() == 0
 
     # Replay the crash the other way round: the work is durable, the XACK never happened.

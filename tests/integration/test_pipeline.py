@@ -9,7 +9,7 @@ import asyncpg
 from producers import AlertProducer
 from tests.conftest import FROM_NUMBER
 from tests.fake_twilio import FakeTwilio
-from tests.helpers import PHONES, make_group, wait_for
+from tests.helpers import PHONES, all_calls_completed, make_group, wait_for
 from worker import db
 from worker.config import Settings
 
@@ -24,11 +24,7 @@ async def test_event_to_three_member_group_places_three_calls_that_complete(
     async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
         await p.fire(alert_id="db-down", group="oncall", message="Primary database is down")
 
-    async def all_completed() -> bool:
-        rows = await db.list_calls(db_conn, alert_id="db-down")
-        return len(rows) == 3 and all(r.status == "completed" for r in rows)
-
-    await wait_for(all_completed)
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3))
     creates = fake_twilio.creates()
     assert sorted(c.form["To"][0] for c in creates) == PHONES
     assert {c.form["From"][0] for c in creates} == {FROM_NUMBER}

@@ -11,6 +11,7 @@ from tests.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
     alert_status,
+    all_calls_completed,
     call_jobs_done,
     calls_of,
     event_json,
@@ -119,11 +120,8 @@ async def test_invalid_entries_are_dead_lettered_acknowledged_and_good_ones_stil
     await xadd_raw(settings, {"event": event_json(alert_id="db-down", group="oncall",
                                                   message="Primary database is down")})
 
-    async def all_completed() -> bool:
-        rows = await calls_of(db_conn, "db-down")
-        return len(rows) == 3 and all(r.status == "completed" for r in rows)
-
-    await wait_for(all_completed, what="the good entry's calls")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="the good entry's calls")
     await wait_for(lambda: _no_pending(arq_redis, keys), what="every entry acknowledged")
     letters = {
         r["payload"]["stream_id"]: r
@@ -164,11 +162,8 @@ async def test_nul_characters_become_dead_letters_and_never_stop_the_worker(
     await xadd_raw(settings, {"event": event_json(alert_id="db-down", group="oncall",
                                                   message="Primary database is down")})
 
-    async def all_completed() -> bool:
-        rows = await calls_of(db_conn, "db-down")
-        return len(rows) == 3 and all(r.status == "completed" for r in rows)
-
-    await wait_for(all_completed, what="the good entry's calls")
+    await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
+                   what="the good entry's calls")
     await wait_for(lambda: _no_pending(arq_redis, keys), what="every entry acknowledged")
     assert worker.process.consumer_task is not None
     assert not worker.process.consumer_task.done()
