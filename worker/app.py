@@ -51,6 +51,7 @@ log = get_logger(__name__)
 
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
+IN_PROGRESS_MARGIN_S = 5.0
 
 JobFunction = Callable[[dict[str, Any], int], Coroutine[Any, Any, str]]
 
@@ -169,6 +170,10 @@ class WorkerProcess:
             job_deserializer=json_deserializer,
             ctx={"settings": settings},
         )
+        # arq keeps a job's in-progress lock for its timeout + 10 s, which is how long a job of
+        # a SIGKILLed replica waits before another replica runs it. Jobs here are cancelled at
+        # their timeout (asyncio.wait_for), so a 5 s margin suffices: 20 s by default.
+        self.worker.in_progress_timeout_s = settings.call_job_timeout_s + IN_PROGRESS_MARGIN_S
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         services = await open_services(self.settings, ctx["redis"])
