@@ -132,7 +132,8 @@ async def test_sigkilled_replica_mid_fanout_every_member_is_still_called(
         f"victim had {len(in_flight)} place_call jobs in flight, {len(orphaned_unplaced)} "
         f"calls without a sid; last orphaned call placed {recovery_s:.2f}s after the kill "
         f"(job timeout {JOB_TIMEOUT_S}s + {IN_PROGRESS_MARGIN_S:.0f}s); "
-        f"all {GROUP_SIZE} calls completed {completed_s:.2f}s after the kill; duplicate calls at the provider: {duplicates} "
+        f"all {GROUP_SIZE} calls completed {completed_s:.2f}s after the kill; "
+        f"duplicate calls at the provider: {duplicates} "
         f"(counted as possible by the worker: {suspected})"
     )
     # The rerun comes when the in-progress key expires, not sooner (nothing else re-runs a
