@@ -24,7 +24,7 @@ from schema import DEFAULT_TENANT, Member, describe_errors
 from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
 from worker.infra import DATABASE_UNAVAILABLE
-from worker.logs import configure_logging, mask_phone, mask_phone_numbers
+from worker.logs import configure_logging, mask_phone_numbers
 
 T = TypeVar("T")
 
@@ -148,7 +148,8 @@ def _parse_members(values: tuple[str, ...]) -> list[Member]:
 
 def _group_lines(group: db.Group) -> list[str]:
     lines = [f"{group.name} (tenant {group.tenant}, {len(group.members)} members)"]
-    lines += [f"  {i + 1}. {m.name} {mask_phone(m.phone)}" for i, m in enumerate(group.members)]
+    for i, member in enumerate(group.members, start=1):
+        lines.append(f"  {i}. {member.name} {mask_phone_numbers(member.phone)}")
     return lines
 
 
@@ -284,7 +285,7 @@ async def calls(alert_id: str | None, status: str | None, tenant: str | None, li
     for r in rows:
         error = f"{r.error_code or ''} {r.error_message or ''}".strip()
         click.echo(f"{r.id:>6}  {r.alert_id[:20]:<20} {r.member_name[:14]:<14} "
-                   f"{mask_phone(r.phone):<16} {r.status:<12} {r.attempts:>5} "
+                   f"{mask_phone_numbers(r.phone):<16} {r.status:<12} {r.attempts:>5} "
                    f"{r.duration_s if r.duration_s is not None else '-':>4}  {error}")
 
 

@@ -47,11 +47,6 @@ def mask_phone_numbers(text: str) -> str:
     return _PHONE_RE.sub(_mask_match, text)
 
 
-def mask_phone(phone: str) -> str:
-    """One E.164 number masked, for the rare place that wants the masked form explicitly."""
-    return mask_phone_numbers(phone)
-
-
 def _mask_value(value: Any) -> Any:
     if isinstance(value, str):
         return mask_phone_numbers(value)
