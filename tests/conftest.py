@@ -69,7 +69,8 @@ def _check_services() -> None:
                     "through scripts/test, which starts one", returncode=3)
 
 
-async def _admin(sql: str) -> None:
+async def admin_sql(sql: str) -> None:
+    """Run ``sql`` on the maintenance database (CREATE/DROP DATABASE)."""
     conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=10)
     try:
         await conn.execute(sql)
@@ -84,20 +85,20 @@ def template_database() -> Iterator[str]:
     from worker.migrate import migrate
 
     async def build() -> None:
-        await _admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        await admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
         await migrate(with_database(DATABASE_URL, TEMPLATE_DB))
 
     asyncio.run(build())
     yield TEMPLATE_DB
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
 
 
 @pytest.fixture
 def database_url(template_database: str) -> Iterator[str]:
     name = f"voicealert_test_{os.getpid()}_{next(_counter)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
     yield with_database(DATABASE_URL, name)
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -214,3 +215,11 @@ async def start_worker(settings: Settings) -> AsyncIterator[Any]:
     yield start
     for worker in started:
         await worker.stop()
+
+
+@pytest.fixture
+async def text_redis(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    """A Redis client that decodes replies to str, for reading stream entries in tests."""
+    client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -145,3 +145,11 @@ async def call_jobs_done(client: redis.asyncio.Redis, keys: Keys, call_ids: list
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def stream_entries(
+    client: redis.asyncio.Redis, prefix: str
+) -> list[tuple[str, dict[str, str]]]:
+    """Every entry of the events stream, as a decoding client returns them."""
+    result: list[tuple[str, dict[str, str]]] = await client.xrange(Keys(prefix).events)
+    return result

@@ -17,6 +17,7 @@ import redis.asyncio
 
 from schema import AlertEvent, Member
 from tests.conftest import DATABASE_URL, REPO, with_database
+from tests.helpers import stream_entries
 from worker import db
 from worker.db import maintenance_url
 
@@ -66,18 +67,6 @@ def no_db_env(redis_url: str, prefix: str) -> dict[str, str]:
 async def add_group(conn: asyncpg.Connection, name: str, *members: tuple[str, str],
                     tenant: str = "default") -> None:
     await db.upsert_group(conn, tenant, name, [Member(name=n, phone=p) for n, p in members])
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    r = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
-    yield r
-    await r.aclose()
-
-
-async def stream(client: redis.asyncio.Redis, prefix: str) -> list[tuple[str, dict[str, str]]]:
-    result: list[tuple[str, dict[str, str]]] = await client.xrange(f"{prefix}events")
-    return result
 
 
 def members_of(document: dict[str, Any]) -> list[tuple[str, str]]:
@@ -221,13 +210,13 @@ async def test_same_group_name_in_two_tenants_are_separate_groups(
 
 
 async def test_fire_prints_the_stream_id_of_the_entry_it_wrote(
-    no_db_env: dict[str, str], client: redis.asyncio.Redis, prefix: str
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     result = await run_cli(no_db_env, "fire", "--group", "platform-oncall", "--alert-id", "db-down",
                            "--message", "Primary database is down", "--tenant", "acme",
                            "--dedup-window", "60", "--mode", "sequential")
     assert result.code == 0, result.stderr
-    [(entry_id, fields)] = await stream(client, prefix)
+    [(entry_id, fields)] = await stream_entries(text_redis, prefix)
     assert result.stdout.strip() == entry_id
     assert list(fields) == ["event"]
     assert AlertEvent.model_validate_json(fields["event"]) == AlertEvent(
@@ -236,31 +225,31 @@ async def test_fire_prints_the_stream_id_of_the_entry_it_wrote(
 
 
 async def test_fire_with_blank_alert_id_exits_2_naming_alert_id_and_writes_nothing(
-    no_db_env: dict[str, str], client: redis.asyncio.Redis, prefix: str
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     result = await run_cli(no_db_env, "fire", "--group", "ops", "--alert-id", "  ",
                            "--message", "down")
     assert result.code == 2
     assert "alert_id" in result.error_line
-    assert await stream(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_fire_with_negative_dedup_window_exits_2_naming_it(
-    no_db_env: dict[str, str], client: redis.asyncio.Redis, prefix: str
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     result = await run_cli(no_db_env, "fire", "--group", "ops", "--alert-id", "a",
                            "--message", "down", "--dedup-window", "-1")
     assert result.code == 2
     assert "dedup_window_s" in result.error_line
-    assert await stream(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_resolve_writes_a_resolve_event(
-    no_db_env: dict[str, str], client: redis.asyncio.Redis, prefix: str
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     result = await run_cli(no_db_env, "resolve", "--alert-id", "db-down", "--tenant", "acme")
     assert result.code == 0, result.stderr
-    [(entry_id, fields)] = await stream(client, prefix)
+    [(entry_id, fields)] = await stream_entries(text_redis, prefix)
     assert result.stdout.strip() == entry_id
     event = AlertEvent.model_validate_json(fields["event"])
     assert (event.action, event.alert_id, event.tenant) == ("resolve", "db-down", "acme")
@@ -282,14 +271,14 @@ async def test_missing_required_option_exits_2_with_one_line(no_db_env: dict[str
 
 
 async def test_typo_in_a_voicealert_variable_exits_2_with_one_line(
-    no_db_env: dict[str, str], client: redis.asyncio.Redis, prefix: str
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     env = {**no_db_env, "VOICEALERT_REDIS_PREFX": "other:"}
     result = await run_cli(env, "fire", "--group", "ops", "--alert-id", "a", "--message", "m")
     assert result.code == 2
     assert "VOICEALERT_REDIS_PREFX" in result.error_line
     assert "VOICEALERT_REDIS_PREFIX" in result.error_line  # the suggestion
-    assert await stream(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_bad_setting_value_exits_2_naming_the_variable(no_db_env: dict[str, str]) -> None:

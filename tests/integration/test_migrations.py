@@ -12,20 +12,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import DATABASE_URL, REPO, with_database
+from tests.conftest import DATABASE_URL, REPO, admin_sql, with_database
 from worker import db
-from worker.db import maintenance_url
 from worker.migrate import MigrationError, load_migrations, migrate
 
 MIGRATION_COUNT = len(load_migrations())
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -33,7 +24,7 @@ async def fresh_database_url() -> AsyncIterator[str]:
     """The URL of a database that does not exist yet (migrate must create it); dropped after."""
     name = f"voicealert_test_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     yield with_database(DATABASE_URL, name)
-    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def applied_rows(database_url: str) -> list[asyncpg.Record]:

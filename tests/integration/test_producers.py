@@ -13,6 +13,7 @@ import redis.asyncio
 
 from producers import AlertProducer, SyncAlertProducer, ValidationError
 from schema import AlertEvent
+from tests.helpers import stream_entries
 
 
 @pytest.fixture
@@ -21,29 +22,17 @@ async def producer(redis_url: str, prefix: str) -> AsyncIterator[AlertProducer]:
         yield p
 
 
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
-    r = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
-    yield r
-    await r.aclose()
-
-
-async def entries(client: redis.asyncio.Redis, prefix: str) -> list[tuple[str, dict[str, str]]]:
-    result: list[tuple[str, dict[str, str]]] = await client.xrange(f"{prefix}events")
-    return result
-
-
 def parsed(fields: dict[str, str]) -> AlertEvent:
     assert list(fields) == ["event"], f"entry must have exactly one field, event: {fields}"
     return AlertEvent.model_validate_json(fields["event"])
 
 
 async def test_fire_returns_the_stream_id_of_one_event_entry(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     entry_id = await producer.fire(alert_id="db-down", group="platform-oncall",
                                    message="Primary database is down")
-    [(stored_id, fields)] = await entries(client, prefix)
+    [(stored_id, fields)] = await stream_entries(text_redis, prefix)
     assert stored_id == entry_id
     event = parsed(fields)
     assert (event.alert_id, event.group, event.message) == (
@@ -59,56 +48,56 @@ def test_stream_key_is_the_prefix_plus_events(redis_url: str) -> None:
 
 
 async def test_fire_passes_every_optional_field_through(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     await producer.fire(alert_id="db-down", group="dba", message="Replica lag", tenant="acme",
                         dedup_window_s=0, mode="sequential", metadata={"host": "db-2"},
                         event_id="evt-1")
-    [(_, fields)] = await entries(client, prefix)
+    [(_, fields)] = await stream_entries(text_redis, prefix)
     assert parsed(fields) == AlertEvent(
         alert_id="db-down", group="dba", message="Replica lag", tenant="acme", dedup_window_s=0,
         mode="sequential", metadata={"host": "db-2"}, event_id="evt-1")
 
 
 async def test_fire_writes_the_cleaned_message(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     await producer.fire(alert_id="a", group="g", message="Disk\x00 full\x07\non db-1")
-    [(_, fields)] = await entries(client, prefix)
+    [(_, fields)] = await stream_entries(text_redis, prefix)
     assert json.loads(fields["event"])["message"] == "Disk full on db-1"
 
 
 async def test_raw_xadd_of_event_json_has_the_same_shape_as_fire(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     # what `redis-cli XADD voicealert:events '*' event '{...}'` sends from a shell
     raw_json = ('{"alert_id":"db-down","group":"platform-oncall",'
                 '"message":"Primary database is down"}')
-    raw_id = await client.xadd(f"{prefix}events", {"event": raw_json})
+    raw_id = await text_redis.xadd(f"{prefix}events", {"event": raw_json})
     fired_id = await producer.fire(alert_id="db-down", group="platform-oncall",
                                    message="Primary database is down")
-    (first_id, raw_fields), (second_id, fired_fields) = await entries(client, prefix)
+    (first_id, raw_fields), (second_id, fired_fields) = await stream_entries(text_redis, prefix)
     assert (first_id, second_id) == (raw_id, fired_id)
     assert set(raw_fields) == set(fired_fields) == {"event"}
     assert parsed(raw_fields) == parsed(fired_fields)
 
 
 async def test_fire_many_writes_every_event_in_order(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     events: list[AlertEvent | dict[str, Any]] = [
         {"alert_id": f"disk-{i}", "group": "ops", "message": f"Disk {i} full"} for i in range(20)
     ]
     events.append(AlertEvent(alert_id="cpu", group="ops", message="CPU hot"))
     ids = await producer.fire_many(events)
-    stored = await entries(client, prefix)
+    stored = await stream_entries(text_redis, prefix)
     assert ids == [entry_id for entry_id, _ in stored]
     assert [parsed(fields).alert_id for _, fields in stored] == [
         *(f"disk-{i}" for i in range(20)), "cpu"]
 
 
 async def test_fire_many_writes_nothing_when_one_event_is_invalid(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     events: list[dict[str, Any]] = [
         {"alert_id": f"a{i}", "group": "ops", "message": "m"} for i in range(5)
@@ -117,14 +106,14 @@ async def test_fire_many_writes_nothing_when_one_event_is_invalid(
     with pytest.raises(ValidationError) as info:
         await producer.fire_many(events)
     assert info.value.field == "dedup_window_s"
-    assert await entries(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_fire_many_of_nothing_writes_nothing(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     assert await producer.fire_many([]) == []
-    assert await entries(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 @pytest.mark.parametrize(
@@ -141,7 +130,7 @@ async def test_fire_many_of_nothing_writes_nothing(
     ],
 )
 async def test_invalid_fire_raises_validation_error_naming_the_field_and_writes_nothing(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str,
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str,
     fields: dict[str, Any], field: str,
 ) -> None:
     kwargs: dict[str, Any] = {"alert_id": "db-down", "group": "ops", "message": "down", **fields}
@@ -150,17 +139,17 @@ async def test_invalid_fire_raises_validation_error_naming_the_field_and_writes_
     assert info.value.field == field
     assert info.value.reason
     assert str(info.value).startswith(f"{field}: ")
-    assert await entries(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_unknown_field_in_fire_many_mapping_is_named(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     event = {"alert_id": "a", "group": "ops", "message": "m", "severity": "critical"}
     with pytest.raises(ValidationError) as info:
         await producer.fire_many([event])
     assert info.value.field == "severity"
-    assert await entries(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_trigger_mapping_without_group_names_group(producer: AlertProducer) -> None:
@@ -174,10 +163,10 @@ def test_validation_error_is_a_value_error() -> None:
 
 
 async def test_resolve_writes_a_resolve_event(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     entry_id = await producer.resolve(alert_id="db-down", tenant="acme")
-    [(stored_id, fields)] = await entries(client, prefix)
+    [(stored_id, fields)] = await stream_entries(text_redis, prefix)
     assert stored_id == entry_id
     event = parsed(fields)
     assert (event.action, event.alert_id, event.tenant) == ("resolve", "db-down", "acme")
@@ -186,20 +175,20 @@ async def test_resolve_writes_a_resolve_event(
 
 
 async def test_resolve_with_blank_alert_id_is_refused(
-    producer: AlertProducer, client: redis.asyncio.Redis, prefix: str
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
     with pytest.raises(ValidationError) as info:
         await producer.resolve(alert_id=" ")
     assert info.value.field == "alert_id"
-    assert await entries(client, prefix) == []
+    assert await stream_entries(text_redis, prefix) == []
 
 
 async def test_producer_over_a_caller_owned_client_leaves_it_open(
-    redis_url: str, prefix: str, client: redis.asyncio.Redis
+    redis_url: str, prefix: str, text_redis: redis.asyncio.Redis
 ) -> None:
-    async with AlertProducer(client, prefix=prefix) as p:
+    async with AlertProducer(text_redis, prefix=prefix) as p:
         await p.fire(alert_id="a", group="g", message="m")
-    assert await client.xlen(f"{prefix}events") == 1  # still usable after the producer closed
+    assert await text_redis.xlen(f"{prefix}events") == 1  # still usable after the producer closed
 
 
 def test_sync_producer_fires_fire_many_and_resolves_from_plain_code(
@@ -219,9 +208,9 @@ def test_sync_producer_fires_fire_many_and_resolves_from_plain_code(
 
 
 async def test_sync_producer_works_from_a_thread_beside_a_running_loop(
-    redis_url: str, prefix: str, client: redis.asyncio.Redis
+    redis_url: str, prefix: str, text_redis: redis.asyncio.Redis
 ) -> None:
     producer = SyncAlertProducer(redis_url, prefix=prefix)
     entry_id = await asyncio.to_thread(producer.fire, alert_id="a", group="g", message="m")
-    [(stored_id, _)] = await entries(client, prefix)
+    [(stored_id, _)] = await stream_entries(text_redis, prefix)
     assert stored_id == entry_id
