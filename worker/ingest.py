@@ -316,6 +316,7 @@ class StreamConsumer:
     async def _handle(self, entries: Sequence[Entry]) -> None:
         valid: list[ParsedEvent] = []
         letters = []
+        done: list[str] = []  # stream ids safe to acknowledge
         for entry in entries:
             try:
                 valid.append(ParsedEvent(entry, parse_entry(entry)))
@@ -324,10 +325,10 @@ class StreamConsumer:
                     ingest_letter(entry.payload(), reason=exc.reason, error=exc.error,
                                   stream_id=entry.stream_id)
                 )
+                done.append(entry.stream_id)
                 log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
                             error=exc.error)
         await db.insert_dead_letters(self.s.db, letters)
-        done = [letter_stream_id(letter.letter_key) for letter in letters]
         outcome = await self.expander.expand(valid)
         done += outcome.done
         for failed in outcome.failed:
@@ -345,10 +346,6 @@ class StreamConsumer:
             else:
                 self._backlog = True
         await self.ack(done)
-
-
-def letter_stream_id(letter_key: str) -> str:
-    return letter_key.removeprefix("stream:")
 
 
 def _storable(raw: bytes) -> str:
