@@ -17,6 +17,28 @@ from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id
 from worker.ratelimit import RateLimiter
 
 
+def job_expiry_ms(settings: Settings) -> int:
+    """How long a queued call job lives: past the alert's maximum age it would not ring."""
+    return int(settings.max_call_age_s * 1000) + 60_000
+
+
+async def schedule_calls(
+    redis: ArqRedis, settings: Settings, call_ids: Sequence[int], limiter: RateLimiter | None = None
+) -> int:
+    """Enqueue place_call jobs at reserved slots of the global call rate; returns how many
+    were new. Used by the worker and by the CLI's DLQ replay alike."""
+    if not call_ids:
+        return 0
+    keys = Keys(settings.redis_prefix)
+    limiter = limiter or RateLimiter(redis, keys.rate_limit, settings.calls_per_second)
+    slots = await limiter.reserve(len(call_ids))
+    jobs = [
+        ScheduledJob(PLACE_CALL, job_id(keys.prefix, "call", cid), (cid,), slot)
+        for cid, slot in zip(call_ids, slots, strict=True)
+    ]
+    return await enqueue_many(redis, keys.queue, jobs, expires_ms=job_expiry_ms(settings))
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -27,25 +49,13 @@ class Services:
     limiter: RateLimiter
     dedup: DedupLock
 
-    @property
-    def job_expiry_ms(self) -> int:
-        return int(self.settings.max_call_age_s * 1000) + 60_000
-
     async def schedule_calls(self, call_ids: Sequence[int]) -> int:
-        """Enqueue place_call jobs at reserved slots of the global call rate."""
-        if not call_ids:
-            return 0
-        slots = await self.limiter.reserve(len(call_ids))
-        jobs = [
-            ScheduledJob(PLACE_CALL, job_id(self.keys.prefix, "call", cid), (cid,), slot)
-            for cid, slot in zip(call_ids, slots, strict=True)
-        ]
-        return await enqueue_many(self.redis, self.keys.queue, jobs, expires_ms=self.job_expiry_ms)
+        return await schedule_calls(self.redis, self.settings, call_ids, self.limiter)
 
     async def schedule(self, function: str, kind: str, call_id: int, delay_s: float = 0) -> int:
         """Enqueue a follow-up job for a call (poll, cancel), not rate limited."""
         run_at = int((time.time() + delay_s) * 1000)
         job = ScheduledJob(function, job_id(self.keys.prefix, kind, call_id), (call_id,), run_at)
         return await enqueue_many(
-            self.redis, self.keys.queue, [job], expires_ms=self.job_expiry_ms
+            self.redis, self.keys.queue, [job], expires_ms=job_expiry_ms(self.settings)
         )

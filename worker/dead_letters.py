@@ -15,10 +15,9 @@ from arq.connections import ArqRedis
 
 from worker import db
 from worker.config import Settings
+from worker.context import schedule_calls
 from worker.db import Connection, DeadLetter, NewDeadLetter
 from worker.keys import Keys
-from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id
-from worker.ratelimit import RateLimiter
 
 # Postgres text refuses NUL, and UTF-8 cannot carry an unpaired surrogate (JSON's "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -155,12 +154,7 @@ async def _prepare_call_replay(
 
     async def action() -> str:
         new_call = await db.add_replay_call(conn, call.alert, call.member_name, member.phone)
-        keys = Keys(settings.redis_prefix)
-        limiter = RateLimiter(redis, keys.rate_limit, settings.calls_per_second)
-        slot = (await limiter.reserve(1))[0]
-        job = ScheduledJob(PLACE_CALL, job_id(keys.prefix, "call", new_call), (new_call,), slot)
-        await enqueue_many(redis, keys.queue, [job],
-                           expires_ms=int(settings.max_call_age_s * 1000) + 60_000)
+        await schedule_calls(redis, settings, [new_call])
         return f"call {new_call} queued for {call.member_name}"
 
     return action
