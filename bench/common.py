@@ -21,8 +21,7 @@ import redis
 from schema import Member
 from tests.fake_twilio import FakeTwilio
 from worker import db
-from worker.db import maintenance_url
-from worker.migrate import migrate
+from worker.migrate import maintenance_url, migrate
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

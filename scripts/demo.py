@@ -18,11 +18,12 @@ from pathlib import Path
 
 import redis
 
+from worker.models import TERMINAL_CALL_STATUSES
+
 REPO = Path(__file__).resolve().parent.parent
 VOICEALERT = [sys.executable, "-m", "worker"]
 GROUP = "demo-oncall"
 MEMBERS = ["Alice=+14155550100", "Bob=+14155550101", "Carol=+14155550102"]
-TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
 
 
 def run(*args: str) -> str:
@@ -70,7 +71,8 @@ def main() -> int:
             out = subprocess.run([*VOICEALERT, "calls", "--alert-id", alert_id, "--json"],
                                  capture_output=True, text=True, check=True).stdout
             rows = json.loads(out)
-            if len(rows) == len(MEMBERS) and all(r["status"] in TERMINAL for r in rows):
+            ended = [r for r in rows if r["status"] in TERMINAL_CALL_STATUSES]
+            if len(rows) == len(MEMBERS) and len(ended) == len(rows):
                 break
             time.sleep(0.5)
         else:

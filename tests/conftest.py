@@ -27,8 +27,8 @@ from arq.connections import ArqRedis, create_pool
 
 from tests.fake_twilio import FakeTwilio
 from worker.config import Settings, load_settings
-from worker.db import maintenance_url
 from worker.logs import configure_logging
+from worker.migrate import maintenance_url
 
 REPO = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

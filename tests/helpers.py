@@ -23,6 +23,7 @@ from tests.fake_twilio import FakeTwilio
 from worker import db
 from worker.config import Settings
 from worker.keys import Keys
+from worker.models import CallRow, CallStatus
 from worker.queue import job_id
 
 PHONES = ["+14155550100", "+14155550101", "+14155550102"]
@@ -74,7 +75,7 @@ def event_json(**fields: Any) -> str:
 
 
 async def calls_of(conn: asyncpg.Connection, alert_id: str,
-                   tenant: str | None = None) -> list[db.CallRow]:
+                   tenant: str | None = None) -> list[CallRow]:
     """The calls of every alert row with this alert_id, oldest first."""
     return await db.list_calls(conn, alert_id=alert_id, tenant=tenant)
 
@@ -82,7 +83,7 @@ async def calls_of(conn: asyncpg.Connection, alert_id: str,
 async def all_calls_completed(conn: asyncpg.Connection, alert_id: str, count: int) -> bool:
     """Whether the alert has exactly ``count`` calls and every one ended completed."""
     rows = await calls_of(conn, alert_id)
-    return len(rows) == count and all(r.status == "completed" for r in rows)
+    return len(rows) == count and all(r.status == CallStatus.COMPLETED for r in rows)
 
 
 async def statuses_of(conn: asyncpg.Connection, alert_id: str,

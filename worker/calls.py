@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from arq import Retry
 
@@ -19,6 +19,14 @@ from worker import db
 from worker.context import Services
 from worker.dead_letters import call_letter
 from worker.logs import get_logger
+from worker.models import (
+    LIVE_PROVIDER_STATUSES,
+    TERMINAL_ALERT_STATUSES,
+    TERMINAL_CALL_STATUSES,
+    CallJob,
+    CallStatus,
+    CallUpdate,
+)
 from worker.outcomes import after_status_change, record_provider_call, schedule_poll
 from worker.providers import (
     AmbiguousProviderError,
@@ -43,16 +51,16 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         log.warning("call.missing", call=call_id)
         return "missing"
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
-    if call.status in db.TERMINAL_STATUSES:
+    if call.status in TERMINAL_CALL_STATUSES:
         return "already-ended"
     # A sid on a 'dialing' row: the previous run was stopped between recording the sid and
     # the status. It is placed (the lookup would skip it as "known" and ring again).
-    if call.status in db.LIVE_PROVIDER_STATUSES or call.provider_sid is not None:
+    if call.status in LIVE_PROVIDER_STATUSES or call.provider_sid is not None:
         await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
         return "already-placed"
-    if call.alert_status == "resolved":
-        await db.advance_call(s.db, call.id, db.CallUpdate(
-            status="canceled", error_message="alert resolved before the call was placed"))
+    if call.alert_status in TERMINAL_ALERT_STATUSES:
+        await db.advance_call(s.db, call.id, CallUpdate(
+            status=CallStatus.CANCELED, error_message="alert resolved before the call was placed"))
         bound.info("call.canceled", reason="alert resolved")
         return "canceled"
     now = datetime.now(UTC)
@@ -60,7 +68,7 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         await _give_up(s, call, "stale", f"alert older than {s.settings.max_call_age_s:.0f}s; "
                        "a stale alert does not ring")
         return "stale"
-    if call.status == "dialing":
+    if call.status == CallStatus.DIALING:
         found = await _look_up_previous_attempt(s, call)
         if found is not None:
             await record_provider_call(s, call, found)
@@ -76,7 +84,7 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     return await _dial(s, call, ctx.get("job_try", 1))
 
 
-async def _look_up_previous_attempt(s: Services, call: db.CallJob) -> ProviderCall | None:
+async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall | None:
     """After an attempt that may have reached the provider: find the call it created.
 
     Raises Retry when the lookup itself fails: re-POSTing blind could ring twice.
@@ -98,7 +106,7 @@ async def _look_up_previous_attempt(s: Services, call: db.CallJob) -> ProviderCa
     return None
 
 
-async def _dial(s: Services, call: db.CallJob, job_try: int) -> str:
+async def _dial(s: Services, call: CallJob, job_try: int) -> str:
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
     attempt = await db.start_attempt(s.db, call.id)
     if attempt is None:
@@ -134,10 +142,10 @@ async def _retry_delay(s: Services, attempt: int) -> float:
 
 
 async def _fail_permanently(
-    s: Services, call: db.CallJob, attempt: int, exc: PermanentProviderError
+    s: Services, call: CallJob, attempt: int, exc: PermanentProviderError
 ) -> None:
-    await db.advance_call(s.db, call.id, db.CallUpdate(
-        status="failed", error_code=exc.code, error_message=str(exc)))
+    await db.advance_call(s.db, call.id, CallUpdate(
+        status=CallStatus.FAILED, error_code=exc.code, error_message=str(exc)))
     await db.insert_dead_letters(s.db, [call_letter(
         call.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
         payload=_letter_payload(call) | {"http_status": exc.http_status, "code": exc.code})])
@@ -146,18 +154,23 @@ async def _fail_permanently(
     await after_status_change(s, call.alert)
 
 
-async def _give_up(s: Services, call: db.CallJob, reason: str, error: str) -> None:
-    changed = await db.advance_call(s.db, call.id, db.CallUpdate(
-        status="failed", error_message=error))
+_GIVE_UP_EVENTS = {"stale": "call.stale", "exhausted": "call.exhausted"}
+
+
+async def _give_up(
+    s: Services, call: CallJob, reason: Literal["stale", "exhausted"], error: str
+) -> None:
+    changed = await db.advance_call(s.db, call.id, CallUpdate(
+        status=CallStatus.FAILED, error_message=error))
     if changed:
         await db.insert_dead_letters(s.db, [call_letter(
             call.id, call.attempts, reason=reason, error=error, payload=_letter_payload(call))])
-        log.error(f"call.{reason}", call=call.id, alert=call.alert, alert_id=call.alert_id,
+        log.error(_GIVE_UP_EVENTS[reason], call=call.id, alert=call.alert, alert_id=call.alert_id,
                   error=error)
     await after_status_change(s, call.alert)
 
 
-def _letter_payload(call: db.CallJob) -> dict[str, Any]:
+def _letter_payload(call: CallJob) -> dict[str, Any]:
     return {
         "alert": call.alert,
         "alert_id": call.alert_id,

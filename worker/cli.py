@@ -25,6 +25,7 @@ from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
 from worker.infra import DATABASE_UNAVAILABLE
 from worker.logs import configure_logging, mask_phone_numbers
+from worker.models import CallStatus, DeadLetter, Group
 
 T = TypeVar("T")
 
@@ -146,7 +147,7 @@ def _parse_members(values: tuple[str, ...]) -> list[Member]:
     return members
 
 
-def _group_lines(group: db.Group) -> list[str]:
+def _group_lines(group: Group) -> list[str]:
     lines = [f"{group.name} (tenant {group.tenant}, {len(group.members)} members)"]
     for i, member in enumerate(group.members, start=1):
         lines.append(f"  {i}. {member.name} {mask_phone_numbers(member.phone)}")
@@ -257,13 +258,9 @@ async def resolve(alert_id: str, tenant: str) -> None:
 
 # --- calls --------------------------------------------------------------------------------
 
-CALL_STATUSES = ["pending", "dialing", "queued", "ringing", "in-progress", "completed", "busy",
-                 "no-answer", "failed", "canceled"]
-
-
 @cli.command()
 @click.option("--alert-id", default=None, help="Only calls of this alert.")
-@click.option("--status", type=click.Choice(CALL_STATUSES), default=None)
+@click.option("--status", type=click.Choice([s.value for s in CallStatus]), default=None)
 @click.option("--tenant", default=None, help="Only this tenant (default: all).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @json_option
@@ -271,8 +268,9 @@ CALL_STATUSES = ["pending", "dialing", "queued", "ringing", "in-progress", "comp
 async def calls(alert_id: str | None, status: str | None, tenant: str | None, limit: int,
                 as_json: bool) -> None:
     """Who was called, and what happened (phones masked unless --json)."""
+    wanted = CallStatus(status) if status else None
     rows = await _with_db(lambda conn: db.list_calls(conn, tenant=tenant, alert_id=alert_id,
-                                                     status=status, limit=limit))
+                                                     status=wanted, limit=limit))
     if as_json:
         _print_json([r.to_json() for r in rows])
         return
@@ -340,7 +338,7 @@ def dlq() -> None:
     """Dead letters: what could not be done, why, and replaying it once fixed."""
 
 
-def _letter_line(letter: db.DeadLetter) -> str:
+def _letter_line(letter: DeadLetter) -> str:
     replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
     error = (letter.error or "").replace("\n", " ")
     return (f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M:%S}  {letter.source:<6} "
@@ -367,7 +365,7 @@ async def dlq_list(source: str | None, since: str | None, limit: int, as_json: b
             click.echo(_letter_line(letter))
 
 
-async def _letter(conn: asyncpg.Connection, letter_id: int) -> db.DeadLetter:
+async def _letter(conn: asyncpg.Connection, letter_id: int) -> DeadLetter:
     letter = await db.get_dead_letter(conn, letter_id)
     if letter is None:
         raise BadInput(f"no dead letter {letter_id}")

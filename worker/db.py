@@ -1,25 +1,40 @@
 """Every SQL statement voicealert runs, in one module, behind small typed functions.
 
 Reading this file top to bottom tells what the service does to Postgres: groups, alerts and
-their calls, duplicate bookkeeping, call status updates (monotonic), dead letters.
+their calls, duplicate bookkeeping, call status updates (monotonic), dead letters. The rows
+it returns are the dataclasses of ``worker.models``; statuses are passed as parameters from
+its enums, so the SQL spells no status of its own.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from schema import Member
-
-TERMINAL_STATUSES = frozenset({"completed", "busy", "no-answer", "failed", "canceled"})
-ANSWERED_STATUSES = frozenset({"in-progress", "completed"})
-LIVE_PROVIDER_STATUSES = frozenset({"queued", "ringing", "in-progress"})
+from worker.models import (
+    ANSWERED_CALL_STATUSES,
+    RANG_NOBODY_ALERT_STATUSES,
+    RESOLVABLE_ALERT_STATUSES,
+    TERMINAL_ALERT_STATUSES,
+    AlertProgress,
+    AlertStatus,
+    CallJob,
+    CallRef,
+    CallRow,
+    CallStatus,
+    CallUpdate,
+    DeadLetter,
+    Duplicate,
+    Group,
+    LiveCall,
+    NewAlert,
+    NewDeadLetter,
+    StoredAlert,
+)
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Executor = asyncpg.Pool | Connection
@@ -46,51 +61,7 @@ async def connect(database_url: str) -> asyncpg.Connection:
     return conn
 
 
-def maintenance_url(database_url: str) -> tuple[str, str]:
-    """The URL of the ``postgres`` database on the same server, and the target's name."""
-    parts = urlsplit(database_url)
-    name = parts.path.lstrip("/") or "postgres"
-    return urlunsplit(parts._replace(path="/postgres")), name
-
-
-async def ensure_database(database_url: str) -> bool:
-    """Create the database named in ``database_url`` when missing; True when created."""
-    admin_url, name = maintenance_url(database_url)
-    conn = await asyncpg.connect(admin_url, timeout=10)
-    try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if exists:
-            return False
-        try:
-            await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
-        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-            # another replica created it first (a concurrent CREATE DATABASE fails with a
-            # unique violation on pg_database, not with duplicate_database)
-            return False
-        return True
-    finally:
-        await conn.close()
-
-
 # --- groups -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Group:
-    tenant: str
-    name: str
-    members: list[Member]
-    created_at: datetime
-    updated_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "name": self.name,
-            "members": [m.model_dump() for m in self.members],
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
 
 
 def _group(row: asyncpg.Record) -> Group:
@@ -165,37 +136,6 @@ async def delete_group(db: Executor, tenant: str, name: str) -> bool:
 # --- alerts and their calls ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NewAlert:
-    tenant: str
-    alert_id: str
-    event_key: str
-    group_name: str
-    message: str
-    mode: str
-    status: str
-    dedup_window_s: int
-    metadata: dict[str, Any]
-    event_id: str | None
-    stream_id: str
-
-
-@dataclass(frozen=True)
-class CallRef:
-    id: int
-    position: int
-    status: str
-
-
-@dataclass(frozen=True)
-class StoredAlert:
-    id: int
-    status: str
-    mode: str
-    created: bool  # False when the event had been processed before (redelivery)
-    calls: list[CallRef]
-
-
 async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Member]) -> StoredAlert:
     """The alert row and one pending call per member, in one transaction, idempotent on the
     event: a redelivered event returns the rows it created the first time (``created`` is
@@ -214,8 +154,7 @@ async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Memb
                 dedup_window_s = EXCLUDED.dedup_window_s, stream_id = EXCLUDED.stream_id,
                 updated_at = now()
             -- an event that rang nobody (no such group yet) is processed again when re-sent
-            WHERE alerts.status IN ('unknown_group', 'empty_group')
-              AND EXCLUDED.status = 'calling'
+            WHERE alerts.status = ANY($12::text[]) AND EXCLUDED.status = $13
             RETURNING id, status, mode
             """,
             alert.tenant,
@@ -229,6 +168,8 @@ async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Memb
             alert.metadata,
             alert.event_id,
             alert.stream_id,
+            list(RANG_NOBODY_ALERT_STATUSES),
+            AlertStatus.CALLING,
         )
         created = row is not None
         if row is None:
@@ -258,20 +199,14 @@ async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Memb
         )
     return StoredAlert(
         id=alert_pk,
-        status=row["status"],
+        status=AlertStatus(row["status"]),
         mode=row["mode"],
         created=created,
-        calls=[CallRef(id=c["id"], position=c["position"], status=c["status"]) for c in calls],
+        calls=[
+            CallRef(id=c["id"], position=c["position"], status=CallStatus(c["status"]))
+            for c in calls
+        ],
     )
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    tenant: str
-    owner_key: str
-    stream_id: str
-    alert_id: str
-    event_id: str | None
 
 
 async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> None:
@@ -301,13 +236,6 @@ async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> No
     )
 
 
-@dataclass(frozen=True)
-class LiveCall:
-    id: int
-    provider_sid: str | None
-    status: str
-
-
 async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCall]:
     """Mark the alert's open rows resolved and cancel its calls not yet dialed.
 
@@ -316,46 +244,32 @@ async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCa
     rows = await db.fetch(
         """
         WITH resolved AS (
-            UPDATE alerts SET status = 'resolved', resolved_at = now(), updated_at = now()
-            WHERE tenant = $1 AND alert_id = $2 AND status IN ('calling', 'answered')
+            UPDATE alerts SET status = $3, resolved_at = now(), updated_at = now()
+            WHERE tenant = $1 AND alert_id = $2 AND status = ANY($4::text[])
             RETURNING id
         ), canceled AS (
-            UPDATE calls SET status = 'canceled', updated_at = now(), ended_at = now(),
+            UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
                              error_message = 'alert resolved before the call was placed'
-            WHERE alert IN (SELECT id FROM resolved) AND status = 'pending'
+            WHERE alert IN (SELECT id FROM resolved) AND status = $6
             RETURNING id
         )
         SELECT c.id, c.provider_sid, c.status FROM calls c
         WHERE c.alert IN (SELECT id FROM resolved)
-          AND c.status IN ('dialing', 'queued', 'ringing')
+          AND c.status = ANY($7::text[])
           AND c.id NOT IN (SELECT id FROM canceled)
         """,
         tenant,
         alert_id,
+        AlertStatus.RESOLVED,
+        list(RESOLVABLE_ALERT_STATUSES),
+        CallStatus.CANCELED,
+        CallStatus.PENDING,
+        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
     )
-    return [LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=r["status"]) for r in rows]
-
-
-@dataclass(frozen=True)
-class CallJob:
-    """A call with what placing it needs from its alert."""
-
-    id: int
-    alert: int
-    position: int
-    member_name: str
-    phone: str
-    status: str
-    provider_sid: str | None
-    attempts: int
-    attempt_started_at: datetime | None
-    created_at: datetime
-    alert_id: str
-    tenant: str
-    message: str
-    mode: str
-    alert_status: str
-    received_at: datetime
+    return [
+        LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
+        for r in rows
+    ]
 
 
 async def get_call(db: Executor, call_id: int) -> CallJob | None:
@@ -369,7 +283,10 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
         """,
         call_id,
     )
-    return CallJob(**dict(row)) if row else None
+    if row is None:
+        return None
+    return CallJob(**{**dict(row), "status": CallStatus(row["status"]),
+                      "alert_status": AlertStatus(row["alert_status"])})
 
 
 async def start_attempt(db: Executor, call_id: int) -> int | None:
@@ -378,12 +295,14 @@ async def start_attempt(db: Executor, call_id: int) -> int | None:
     value = await db.fetchval(
         """
         UPDATE calls
-        SET status = 'dialing', attempts = attempts + 1, attempt_started_at = now(),
+        SET status = $2, attempts = attempts + 1, attempt_started_at = now(),
             updated_at = now()
-        WHERE id = $1 AND status IN ('pending', 'dialing')
+        WHERE id = $1 AND status = ANY($3::text[])
         RETURNING attempts
         """,
         call_id,
+        CallStatus.DIALING,
+        [CallStatus.PENDING, CallStatus.DIALING],
     )
     return int(value) if value is not None else None
 
@@ -392,13 +311,15 @@ async def return_to_pending(db: Executor, call_id: int, error_code: int | None, 
     """The provider certainly did not create the call (throttled, connection refused)."""
     await db.execute(
         """
-        UPDATE calls SET status = 'pending', error_code = $2, error_message = $3,
+        UPDATE calls SET status = $4, error_code = $2, error_message = $3,
                          updated_at = now()
-        WHERE id = $1 AND status = 'dialing'
+        WHERE id = $1 AND status = $5
         """,
         call_id,
         error_code,
         error,
+        CallStatus.PENDING,
+        CallStatus.DIALING,
     )
 
 
@@ -413,16 +334,6 @@ async def count_possible_duplicate(db: Executor, call_id: int) -> None:
         " WHERE id = $1",
         call_id,
     )
-
-
-@dataclass(frozen=True)
-class CallUpdate:
-    status: str
-    provider_sid: str | None = None
-    duration_s: int | None = None
-    answered_by: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
 
 
 async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
@@ -462,27 +373,15 @@ async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
     )
 
 
-@dataclass(frozen=True)
-class AlertProgress:
-    id: int
-    mode: str
-    status: str
-    total: int
-    open: int
-    answered: int
-    failed: int
-    next_pending: int | None
-
-
 async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
     row = await db.fetchrow(
         """
         SELECT a.id, a.mode, a.status,
                count(c.id) AS total,
                count(c.id) FILTER (WHERE call_status_rank(c.status) < 5) AS open,
-               count(c.id) FILTER (WHERE c.status IN ('in-progress', 'completed')) AS answered,
-               count(c.id) FILTER (WHERE c.status = 'failed') AS failed,
-               (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = 'pending'
+               count(c.id) FILTER (WHERE c.status = ANY($2::text[])) AS answered,
+               count(c.id) FILTER (WHERE c.status = $3) AS failed,
+               (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = $4
                  ORDER BY p.position LIMIT 1) AS next_pending,
                count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active
         FROM alerts a LEFT JOIN calls c ON c.alert = a.id
@@ -490,13 +389,16 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
         GROUP BY a.id
         """,
         alert_pk,
+        list(ANSWERED_CALL_STATUSES),
+        CallStatus.FAILED,
+        CallStatus.PENDING,
     )
     if row is None:
         return None
     return AlertProgress(
         id=row["id"],
         mode=row["mode"],
-        status=row["status"],
+        status=AlertStatus(row["status"]),
         total=row["total"],
         open=row["open"],
         answered=row["answered"],
@@ -505,53 +407,28 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
     )
 
 
-async def set_alert_status(db: Executor, alert_pk: int, status: str) -> bool:
-    """Set the alert's status unless it is resolved (an operator's word is final)."""
+async def set_alert_status(db: Executor, alert_pk: int, status: AlertStatus) -> bool:
+    """Set the alert's status unless it is final (an operator's word is final)."""
     result = await db.execute(
         "UPDATE alerts SET status = $2, updated_at = now()"
-        " WHERE id = $1 AND status <> $2 AND status <> 'resolved'",
+        " WHERE id = $1 AND status <> $2 AND NOT status = ANY($3::text[])",
         alert_pk,
         status,
+        list(TERMINAL_ALERT_STATUSES),
     )
     return bool(result == "UPDATE 1")
 
 
 async def cancel_pending_calls(db: Executor, alert_pk: int, reason: str) -> int:
     result = await db.execute(
-        "UPDATE calls SET status = 'canceled', error_message = $2, updated_at = now(),"
-        " ended_at = now() WHERE alert = $1 AND status = 'pending'",
+        "UPDATE calls SET status = $3, error_message = $2, updated_at = now(),"
+        " ended_at = now() WHERE alert = $1 AND status = $4",
         alert_pk,
         reason,
+        CallStatus.CANCELED,
+        CallStatus.PENDING,
     )
     return int(result.split()[-1])
-
-
-@dataclass(frozen=True)
-class CallRow:
-    id: int
-    alert_id: str
-    tenant: str
-    position: int
-    member_name: str
-    phone: str
-    status: str
-    provider_sid: str | None
-    attempts: int
-    possible_duplicates: int
-    error_code: int | None
-    error_message: str | None
-    answered_by: str | None
-    duration_s: int | None
-    created_at: datetime
-    updated_at: datetime
-    ended_at: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.__dict__)
-        for key in ("created_at", "updated_at", "ended_at"):
-            if out[key] is not None:
-                out[key] = out[key].isoformat()
-        return out
 
 
 async def list_calls(
@@ -559,7 +436,7 @@ async def list_calls(
     *,
     tenant: str | None = None,
     alert_id: str | None = None,
-    status: str | None = None,
+    status: CallStatus | None = None,
     limit: int = 1000,
 ) -> list[CallRow]:
     rows = await db.fetch(
@@ -580,21 +457,10 @@ async def list_calls(
         status,
         limit,
     )
-    return [CallRow(**dict(r)) for r in reversed(rows)]
+    return [CallRow(**{**dict(r), "status": CallStatus(r["status"])}) for r in reversed(rows)]
 
 
 # --- dead letters -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NewDeadLetter:
-    source: str  # 'ingest' | 'call'
-    reason: str
-    error: str | None
-    payload: dict[str, Any]
-    letter_key: str
-    attempts: int = 1
-    call: int | None = None
 
 
 async def insert_dead_letters(db: Executor, letters: Sequence[NewDeadLetter]) -> None:
@@ -612,26 +478,6 @@ async def insert_dead_letters(db: Executor, letters: Sequence[NewDeadLetter]) ->
             for d in letters
         ],
     )
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    id: int
-    source: str
-    reason: str
-    error: str | None
-    payload: dict[str, Any]
-    attempts: int
-    letter_key: str
-    call: int | None
-    created_at: datetime
-    replayed_at: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.__dict__)
-        out["created_at"] = self.created_at.isoformat()
-        out["replayed_at"] = self.replayed_at.isoformat() if self.replayed_at else None
-        return out
 
 
 _DEAD_LETTER_COLUMNS = (
@@ -710,8 +556,8 @@ async def add_replay_call(db: Executor, alert_pk: int, member_name: str, phone: 
     call_id = await db.fetchval(
         """
         WITH reopened AS (
-            UPDATE alerts SET status = 'calling', updated_at = now()
-            WHERE id = $1 AND status <> 'resolved'
+            UPDATE alerts SET status = $4, updated_at = now()
+            WHERE id = $1 AND NOT status = ANY($5::text[])
             RETURNING id
         )
         INSERT INTO calls (alert, position, member_name, phone)
@@ -721,5 +567,7 @@ async def add_replay_call(db: Executor, alert_pk: int, member_name: str, phone: 
         alert_pk,
         member_name,
         phone,
+        AlertStatus.CALLING,
+        list(TERMINAL_ALERT_STATUSES),
     )
     return int(call_id)

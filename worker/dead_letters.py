@@ -16,8 +16,9 @@ from arq.connections import ArqRedis
 from worker import db
 from worker.config import Settings
 from worker.context import schedule_calls
-from worker.db import Connection, DeadLetter, NewDeadLetter
+from worker.db import Connection
 from worker.keys import Keys
+from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter, NewDeadLetter
 
 # Postgres text refuses NUL, and UTF-8 cannot carry an unpaired surrogate (JSON's "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -137,7 +138,7 @@ async def _prepare_call_replay(
     call = await db.get_call(conn, call_id)
     if call is None:
         raise ReplayRefused(f"letter {letter.id}: call {call_id} no longer exists")
-    if call.alert_status == "resolved":
+    if call.alert_status in TERMINAL_ALERT_STATUSES:
         raise ReplayRefused(f"letter {letter.id}: alert {call.alert_id!r} was resolved")
     group_name = await db.alert_group_name(conn, call.alert)
     group = await db.get_group(conn, call.tenant, group_name)

@@ -19,6 +19,7 @@ from worker.dead_letters import ingest_letter
 from worker.dedup import LockRequest
 from worker.infra import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
 from worker.logs import get_logger
+from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert
 from worker.queue import CANCEL_CALL
 
 if TYPE_CHECKING:
@@ -86,8 +87,9 @@ class Expander:
             group = groups.get((parsed.event.tenant, parsed.event.group or ""))
             if group is None or not group.members:
                 # Never takes the lock: an event that rings nobody must not suppress a retry.
-                await self._record_no_calls(parsed, "unknown_group" if group is None else
-                                            "empty_group")
+                await self._record_no_calls(
+                    parsed, AlertStatus.UNKNOWN_GROUP if group is None else AlertStatus.EMPTY_GROUP
+                )
                 outcome.done.append(parsed.entry.stream_id)
             else:
                 accepted.append(_Accepted(parsed, list(group.members)))
@@ -127,7 +129,7 @@ class Expander:
             id(a): d.owner for a, d in zip(windowed, decisions, strict=True) if not d.acquired
         }
         duplicates = [
-            db.Duplicate(
+            Duplicate(
                 tenant=a.parsed.event.tenant,
                 owner_key=suppressed[id(a)],
                 stream_id=a.parsed.entry.stream_id,
@@ -144,9 +146,9 @@ class Expander:
             outcome.done.append(dup.stream_id)
         return [a for a in accepted if id(a) not in suppressed]
 
-    def _new_alert(self, parsed: ParsedEvent, status: str) -> db.NewAlert:
+    def _new_alert(self, parsed: ParsedEvent, status: AlertStatus) -> NewAlert:
         event = parsed.event
-        return db.NewAlert(
+        return NewAlert(
             tenant=event.tenant,
             alert_id=event.alert_id,
             event_key=parsed.event_key,
@@ -160,10 +162,10 @@ class Expander:
             stream_id=parsed.entry.stream_id,
         )
 
-    async def _record_no_calls(self, parsed: ParsedEvent, status: str) -> None:
+    async def _record_no_calls(self, parsed: ParsedEvent, status: AlertStatus) -> None:
         async with self.s.db.acquire() as conn:
             await db.create_alert(conn, self._new_alert(parsed, status), [])
-        if status == "unknown_group":
+        if status == AlertStatus.UNKNOWN_GROUP:
             await db.insert_dead_letters(
                 self.s.db,
                 [ingest_letter(parsed.entry.payload(), reason="unknown_group",
@@ -171,18 +173,22 @@ class Expander:
                                      f"{parsed.event.tenant!r}",
                                stream_id=parsed.entry.stream_id)],
             )
-        log.warning(f"alert.{status}", alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
+        unknown = status == AlertStatus.UNKNOWN_GROUP
+        log.warning("alert.unknown_group" if unknown else "alert.empty_group",
+                    alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
                     group=parsed.event.group, stream_id=parsed.entry.stream_id)
 
     async def _store(self, item: _Accepted) -> list[int]:
         """Rows for one event (idempotent) and the ids of the calls to place now."""
         parsed = item.parsed
         async with self.s.db.acquire() as conn:
-            stored = await db.create_alert(conn, self._new_alert(parsed, "calling"), item.members)
-            if stored.status != "calling":
+            stored = await db.create_alert(
+                conn, self._new_alert(parsed, AlertStatus.CALLING), item.members
+            )
+            if stored.status != AlertStatus.CALLING:
                 return []
             if stored.mode == "parallel":
-                ids = [c.id for c in stored.calls if c.status == "pending"]
+                ids = [c.id for c in stored.calls if c.status == CallStatus.PENDING]
             else:
                 progress = await db.alert_progress(conn, stored.id)
                 ids = [progress.next_pending] if progress and progress.next_pending else []

@@ -10,11 +10,11 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from schema import MIGRATIONS_DIR
-from worker import db
 
 # Arbitrary constant shared by every voicealert process: "voicealert migrate".
 ADVISORY_LOCK_ID = 0x766F6963_65616C
@@ -49,9 +49,35 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
+def maintenance_url(database_url: str) -> tuple[str, str]:
+    """The URL of the ``postgres`` database on the same server, and the target's name."""
+    parts = urlsplit(database_url)
+    name = parts.path.lstrip("/") or "postgres"
+    return urlunsplit(parts._replace(path="/postgres")), name
+
+
+async def ensure_database(database_url: str) -> bool:
+    """Create the database named in ``database_url`` when missing; True when created."""
+    admin_url, name = maintenance_url(database_url)
+    conn = await asyncpg.connect(admin_url, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        try:
+            await conn.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # another replica created it first (a concurrent CREATE DATABASE fails with a
+            # unique violation on pg_database, not with duplicate_database)
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
 async def migrate(database_url: str) -> list[Migration]:
     """Create the database if needed and apply pending migrations; return those applied."""
-    await db.ensure_database(database_url)
+    await ensure_database(database_url)
     migrations = load_migrations()
     conn = await asyncpg.connect(database_url, timeout=10)
     try:

@@ -17,6 +17,15 @@ from arq import Retry
 from worker import db
 from worker.context import Services
 from worker.logs import get_logger
+from worker.models import (
+    TERMINAL_ALERT_STATUSES,
+    TERMINAL_CALL_STATUSES,
+    UNANSWERED_CALL_STATUSES,
+    AlertStatus,
+    CallJob,
+    CallStatus,
+    CallUpdate,
+)
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
 from worker.queue import POLL_CALL
 
@@ -24,28 +33,29 @@ log = get_logger(__name__)
 
 POLL_FIRST_S = 0.25
 POLL_MAX_S = 2.0
-UNANSWERED = frozenset({"queued", "ringing"})
 
 
 async def schedule_poll(s: Services, call_id: int, delay_s: float = POLL_FIRST_S) -> None:
     await s.schedule(POLL_CALL, "poll", call_id, delay_s)
 
 
-async def record_provider_call(s: Services, call: db.CallJob, placed: ProviderCall) -> None:
+async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall) -> None:
     """Attach the provider's call to our row, follow it, and cancel it if the alert was
     resolved while we were dialing."""
     await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed)
     fresh = await db.get_call(s.db, call.id)
-    if fresh and fresh.alert_status == "resolved" and fresh.status in UNANSWERED:
+    resolved = fresh is not None and fresh.alert_status in TERMINAL_ALERT_STATUSES
+    if fresh is not None and resolved and fresh.status in UNANSWERED_CALL_STATUSES:
         await cancel_at_provider(s, fresh, placed.sid)
-    if placed.status not in db.TERMINAL_STATUSES:
+    if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
 
 
-async def apply_status(s: Services, call: db.CallJob, observed: ProviderCall) -> bool:
-    changed = await db.advance_call(s.db, call.id, db.CallUpdate(
-        status=observed.status,
+async def apply_status(s: Services, call: CallJob, observed: ProviderCall) -> bool:
+    # The provider's word, in our vocabulary (an unknown status raises here, before any write).
+    changed = await db.advance_call(s.db, call.id, CallUpdate(
+        status=CallStatus(observed.status),
         provider_sid=observed.sid,
         duration_s=observed.duration_s,
         answered_by=observed.answered_by,
@@ -60,12 +70,12 @@ async def apply_status(s: Services, call: db.CallJob, observed: ProviderCall) ->
 async def after_status_change(s: Services, alert_pk: int) -> None:
     """Recompute the alert's status; in sequential mode, ring the next member or stop."""
     progress = await db.alert_progress(s.db, alert_pk)
-    if progress is None or progress.status == "resolved":
+    if progress is None or progress.status in TERMINAL_ALERT_STATUSES:
         return
     if progress.answered:
         if progress.mode == "sequential":
             await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member")
-        if await db.set_alert_status(s.db, alert_pk, "answered"):
+        if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
     if progress.mode == "sequential" and progress.next_pending is not None:
@@ -73,15 +83,17 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
         log.info("alert.escalated", alert=alert_pk, next_call=progress.next_pending)
         return
     if progress.open == 0:
-        status = "failed" if progress.failed == progress.total else "unanswered"
-        if await db.set_alert_status(s.db, alert_pk, status):
-            log.warning(f"alert.{status}", alert=alert_pk, calls=progress.total)
+        if progress.failed == progress.total:
+            if await db.set_alert_status(s.db, alert_pk, AlertStatus.FAILED):
+                log.warning("alert.failed", alert=alert_pk, calls=progress.total)
+        elif await db.set_alert_status(s.db, alert_pk, AlertStatus.UNANSWERED):
+            log.warning("alert.unanswered", alert=alert_pk, calls=progress.total)
 
 
 async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
-    if call is None or call.status in db.TERMINAL_STATUSES or call.provider_sid is None:
+    if call is None or call.status in TERMINAL_CALL_STATUSES or call.provider_sid is None:
         return "nothing-to-follow"
     job_try = int(ctx.get("job_try", 1))
     try:
@@ -93,12 +105,12 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
         raise Retry(defer=_poll_delay(job_try)) from exc
     await apply_status(s, call, observed)
-    if observed.status in db.TERMINAL_STATUSES:
+    if observed.status in TERMINAL_CALL_STATUSES:
         return observed.status
     started = call.attempt_started_at or call.created_at
     limit = (
         s.settings.ring_timeout_s + s.settings.poll_margin_s
-        if observed.status in UNANSWERED
+        if observed.status in UNANSWERED_CALL_STATUSES
         else s.settings.max_call_duration_s
     )
     if datetime.now(UTC) - started > timedelta(seconds=limit):
@@ -112,14 +124,14 @@ def _poll_delay(job_try: int) -> float:
     return float(min(POLL_MAX_S, POLL_FIRST_S * 2 ** (job_try - 1)))
 
 
-async def _end_unknown(s: Services, call: db.CallJob, reason: str) -> None:
-    if await db.advance_call(s.db, call.id, db.CallUpdate(status="failed",
-                                                          error_message=reason)):
+async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
+    if await db.advance_call(s.db, call.id, CallUpdate(status=CallStatus.FAILED,
+                                                       error_message=reason)):
         log.error("call.lost", call=call.id, alert=call.alert, error=reason)
         await after_status_change(s, call.alert)
 
 
-async def cancel_at_provider(s: Services, call: db.CallJob, sid: str) -> None:
+async def cancel_at_provider(s: Services, call: CallJob, sid: str) -> None:
     try:
         observed = await s.provider.cancel_call(sid)
     except ProviderError as exc:
@@ -133,7 +145,7 @@ async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
     """After a resolve: cancel a call already at the provider and not yet answered."""
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
-    if call is None or call.status in db.TERMINAL_STATUSES:
+    if call is None or call.status in TERMINAL_CALL_STATUSES:
         return "nothing-to-cancel"
     if call.provider_sid is None:
         # Still dialing: place_call cancels it once the provider answers with a sid.

@@ -18,23 +18,26 @@ import redis.asyncio
 
 from worker.keys import Keys
 from worker.logs import get_logger
+from worker.models import UNANSWERED_CALL_STATUSES, CallStatus
 from worker.providers import PermanentProviderError, ProviderCall
 
-OUTCOMES = frozenset({"completed", "no-answer", "busy", "failed"})
+OUTCOMES = frozenset({CallStatus.COMPLETED, CallStatus.NO_ANSWER, CallStatus.BUSY,
+                      CallStatus.FAILED})
 log = get_logger(__name__)
 
 
-def parse_outcomes(spec: str) -> dict[str, str]:
+def parse_outcomes(spec: str) -> dict[str, CallStatus]:
     """``"+1415...=busy,*=completed"`` → ``{"+1415...": "busy", "*": "completed"}``."""
-    table: dict[str, str] = {}
+    table: dict[str, CallStatus] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         number, _, outcome = part.rpartition("=")
         number = number.strip() or "*"
         outcome = outcome.strip()
         if outcome not in OUTCOMES:
-            raise ValueError(f"simulated outcome {outcome!r} is not one of {sorted(OUTCOMES)}")
-        table[number] = outcome
-    table.setdefault("*", "completed")
+            raise ValueError(f"simulated outcome {outcome!r} is not one of "
+                             f"{sorted(o.value for o in OUTCOMES)}")
+        table[number] = CallStatus(outcome)
+    table.setdefault("*", CallStatus.COMPLETED)
     return table
 
 
@@ -65,7 +68,7 @@ class SimulatedProvider:
             pipe.expire(self._keys.simulated_calls_to(to), 86400)
             await pipe.execute()
         log.info("simulated.call_created", sid=sid, to=to, outcome=outcome)
-        return ProviderCall(sid=sid, status="queued", to=to, created_at=_dt(now))
+        return ProviderCall(sid=sid, status=CallStatus.QUEUED, to=to, created_at=_dt(now))
 
     async def fetch_call(self, sid: str) -> ProviderCall:
         data = await self._redis.hgetall(self._keys.simulated_call(sid))  # type: ignore[misc]
@@ -80,22 +83,23 @@ class SimulatedProvider:
         self, sid: str, to: str, created: float, outcome: str, canceled_at: float
     ) -> ProviderCall:
         elapsed = (canceled_at or time.time()) - created
-        base = ProviderCall(sid=sid, status="queued", to=to, created_at=_dt(created))
+        base = ProviderCall(sid=sid, status=CallStatus.QUEUED, to=to, created_at=_dt(created))
+        status: str
         if elapsed < self._ring_s / 2:
-            status = "queued"
+            status = CallStatus.QUEUED
         elif elapsed < self._ring_s:
-            status = "ringing"
-        elif outcome != "completed":
+            status = CallStatus.RINGING
+        elif outcome != CallStatus.COMPLETED:
             status = outcome
         elif elapsed < self._ring_s + self._talk_s:
-            status = "in-progress"
+            status = CallStatus.IN_PROGRESS
         else:
             return ProviderCall(
-                sid=sid, status="completed", to=to, created_at=base.created_at,
+                sid=sid, status=CallStatus.COMPLETED, to=to, created_at=base.created_at,
                 duration_s=max(1, round(self._talk_s)), answered_by="human",
             )
-        if canceled_at and status in ("queued", "ringing"):
-            status = "canceled"
+        if canceled_at and status in UNANSWERED_CALL_STATUSES:
+            status = CallStatus.CANCELED
         return ProviderCall(sid=sid, status=status, to=to, created_at=base.created_at)
 
     async def find_calls(self, *, to: str, since: datetime) -> list[ProviderCall]:
@@ -107,7 +111,7 @@ class SimulatedProvider:
     async def cancel_call(self, sid: str) -> ProviderCall:
         key = self._keys.simulated_call(sid)
         call = await self.fetch_call(sid)
-        if call.status in ("queued", "ringing"):
+        if call.status in UNANSWERED_CALL_STATUSES:
             await self._redis.hset(key, "canceled", str(time.time()))  # type: ignore[misc]
             return await self.fetch_call(sid)
         return call

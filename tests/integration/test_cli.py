@@ -19,7 +19,7 @@ from schema import AlertEvent, Member
 from tests.conftest import DATABASE_URL, REPO, with_database
 from tests.helpers import stream_entries
 from worker import db
-from worker.db import maintenance_url
+from worker.migrate import maintenance_url
 
 
 @dataclass(frozen=True)

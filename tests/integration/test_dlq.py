@@ -15,6 +15,7 @@ from tests.fake_twilio import FakeTwilio
 from tests.helpers import make_group, wait_for
 from worker import db
 from worker.config import Settings
+from worker.models import DeadLetter, NewDeadLetter
 
 
 def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +29,7 @@ def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     )
 
 
-async def letters(conn: asyncpg.Connection) -> list[db.DeadLetter]:
+async def letters(conn: asyncpg.Connection) -> list[DeadLetter]:
     return await db.list_dead_letters(conn)
 
 
@@ -121,7 +122,7 @@ async def test_purge_by_id_all_and_age(
     env: dict[str, str], db_conn: asyncpg.Connection
 ) -> None:
     await db.insert_dead_letters(db_conn, [
-        db.NewDeadLetter(source="ingest", reason="invalid_json", error="x",
+        NewDeadLetter(source="ingest", reason="invalid_json", error="x",
                          payload={"stream_id": f"1-{i}", "fields": {"event": "{"}},
                          letter_key=f"stream:1-{i}")
         for i in range(3)
@@ -148,14 +149,14 @@ async def test_dlq_list_filters_by_source_and_since(
     env: dict[str, str], db_conn: asyncpg.Connection
 ) -> None:
     await db.insert_dead_letters(db_conn, [
-        db.NewDeadLetter(source="ingest", reason="invalid_json", error="bad",
+        NewDeadLetter(source="ingest", reason="invalid_json", error="bad",
                          payload={"fields": {}}, letter_key="stream:1-0"),
     ])
     await db_conn.execute(
         "UPDATE dead_letters SET created_at = now() - interval '3 hours'"
     )
     await db.insert_dead_letters(db_conn, [
-        db.NewDeadLetter(source="call", reason="exhausted", error="no call placed",
+        NewDeadLetter(source="call", reason="exhausted", error="no call placed",
                          payload={"call_id": 1}, letter_key="call:1:3"),
     ])
     by_source = json.loads(voicealert(env, "dlq", "list", "--source", "call", "--json").stdout)

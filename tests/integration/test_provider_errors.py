@@ -19,6 +19,7 @@ from tests.fake_twilio import FakeTwilio, RecordedRequest
 from tests.helpers import alert_status, calls_of, fire, make_group, wait_for
 from worker import db
 from worker.config import Settings, load_settings
+from worker.models import AlertStatus, DeadLetter, NewAlert
 
 GROUP_50 = [f"+1415555{n:04d}" for n in range(50)]
 
@@ -74,7 +75,7 @@ async def all_calls(conn: asyncpg.Connection, alert_id: str, n: int, status: str
     return len(rows) == n and all(r.status == status for r in rows)
 
 
-async def call_letters(conn: asyncpg.Connection) -> list[db.DeadLetter]:
+async def call_letters(conn: asyncpg.Connection) -> list[DeadLetter]:
     return await db.list_dead_letters(conn, source="call")
 
 
@@ -273,9 +274,9 @@ async def _alert_with_calls(
     conn: asyncpg.Connection, alert_id: str, phones: list[str]
 ) -> list[int]:
     members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]
-    alert = db.NewAlert(
+    alert = NewAlert(
         tenant="default", alert_id=alert_id, event_key=f"event:{alert_id}", group_name="oncall",
-        message="Primary database is down", mode="parallel", status="calling",
+        message="Primary database is down", mode="parallel", status=AlertStatus.CALLING,
         dedup_window_s=300, metadata={}, event_id=alert_id, stream_id="0-1",
     )
     stored = await db.create_alert(conn, alert, members)

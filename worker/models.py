@@ -1,0 +1,246 @@
+"""The vocabulary of the database: status enums with their sets, and the rows ``db`` returns.
+
+One spelling per status: the SQL CHECK lists of the migrations, ``call_status_rank`` and
+these enums are compared by a test (tests/integration/test_status_vocabulary.py), so a
+status added in one place and forgotten in another fails the suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from schema import Member
+
+
+class CallStatus(StrEnum):
+    """A call's status: Twilio's vocabulary plus our ``pending`` and ``dialing``.
+
+    Declared in the order a call moves through them (``call_status_rank`` in SQL); the five
+    terminal ones share the last rank, so one terminal status never becomes another.
+    """
+
+    PENDING = "pending"  # row written, not dialed yet
+    DIALING = "dialing"  # an attempt was written and the POST may be in flight
+    QUEUED = "queued"
+    RINGING = "ringing"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    NO_ANSWER = "no-answer"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+#: A call in one of these never changes again (a database trigger enforces it too).
+TERMINAL_CALL_STATUSES = frozenset({
+    CallStatus.COMPLETED, CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.FAILED,
+    CallStatus.CANCELED,
+})
+#: Someone picked up.
+ANSWERED_CALL_STATUSES = frozenset({CallStatus.IN_PROGRESS, CallStatus.COMPLETED})
+#: The provider has the call and it has not ended.
+LIVE_PROVIDER_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
+#: At the provider and not answered yet: a resolve cancels these there.
+UNANSWERED_CALL_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING})
+
+
+class AlertStatus(StrEnum):
+    """An alert row's status."""
+
+    CALLING = "calling"  # calls placed or to be placed
+    ANSWERED = "answered"  # some member answered
+    UNANSWERED = "unanswered"  # every call ended, none answered, not all failed
+    FAILED = "failed"  # every call failed
+    RESOLVED = "resolved"  # an operator or a service resolved it
+    UNKNOWN_GROUP = "unknown_group"  # rang nobody: no such group
+    EMPTY_GROUP = "empty_group"  # rang nobody: the group has no members
+
+
+#: Final: nothing moves an alert out of these (an operator's resolve is final). Answered,
+#: unanswered and failed alerts are settled but not final: a DLQ replay calls again.
+TERMINAL_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED})
+#: The event rang nobody; re-sending it (once the group exists) takes it up again.
+RANG_NOBODY_ALERT_STATUSES = frozenset({AlertStatus.UNKNOWN_GROUP, AlertStatus.EMPTY_GROUP})
+#: What a resolve applies to.
+RESOLVABLE_ALERT_STATUSES = frozenset({AlertStatus.CALLING, AlertStatus.ANSWERED})
+
+
+# --- groups -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    tenant: str
+    name: str
+    members: list[Member]
+    created_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "name": self.name,
+            "members": [m.model_dump() for m in self.members],
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+# --- alerts and their calls ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewAlert:
+    tenant: str
+    alert_id: str
+    event_key: str
+    group_name: str
+    message: str
+    mode: str
+    status: AlertStatus
+    dedup_window_s: int
+    metadata: dict[str, Any]
+    event_id: str | None
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class CallRef:
+    id: int
+    position: int
+    status: CallStatus
+
+
+@dataclass(frozen=True)
+class StoredAlert:
+    id: int
+    status: AlertStatus
+    mode: str
+    created: bool  # False when the event had been processed before (redelivery)
+    calls: list[CallRef]
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    tenant: str
+    owner_key: str
+    stream_id: str
+    alert_id: str
+    event_id: str | None
+
+
+@dataclass(frozen=True)
+class LiveCall:
+    id: int
+    provider_sid: str | None
+    status: CallStatus
+
+
+@dataclass(frozen=True)
+class CallJob:
+    """A call with what placing it needs from its alert."""
+
+    id: int
+    alert: int
+    position: int
+    member_name: str
+    phone: str
+    status: CallStatus
+    provider_sid: str | None
+    attempts: int
+    attempt_started_at: datetime | None
+    created_at: datetime
+    alert_id: str
+    tenant: str
+    message: str
+    mode: str
+    alert_status: AlertStatus
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class CallUpdate:
+    status: CallStatus
+    provider_sid: str | None = None
+    duration_s: int | None = None
+    answered_by: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertProgress:
+    id: int
+    mode: str
+    status: AlertStatus
+    total: int
+    open: int
+    answered: int
+    failed: int
+    next_pending: int | None
+
+
+@dataclass(frozen=True)
+class CallRow:
+    id: int
+    alert_id: str
+    tenant: str
+    position: int
+    member_name: str
+    phone: str
+    status: CallStatus
+    provider_sid: str | None
+    attempts: int
+    possible_duplicates: int
+    error_code: int | None
+    error_message: str | None
+    answered_by: str | None
+    duration_s: int | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        out["status"] = str(self.status)
+        for key in ("created_at", "updated_at", "ended_at"):
+            if out[key] is not None:
+                out[key] = out[key].isoformat()
+        return out
+
+
+# --- dead letters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewDeadLetter:
+    source: str  # 'ingest' | 'call'
+    reason: str
+    error: str | None
+    payload: dict[str, Any]
+    letter_key: str
+    attempts: int = 1
+    call: int | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    source: str
+    reason: str
+    error: str | None
+    payload: dict[str, Any]
+    attempts: int
+    letter_key: str
+    call: int | None
+    created_at: datetime
+    replayed_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        out["created_at"] = self.created_at.isoformat()
+        out["replayed_at"] = self.replayed_at.isoformat() if self.replayed_at else None
+        return out
