@@ -27,12 +27,11 @@ from arq.worker import func
 from worker import db
 from worker.calls import place_call
 from worker.config import Settings, redact_url
-from worker.context import Services
 from worker.dedup import DedupLock
-from worker.infra import DATABASE_UNAVAILABLE
 from worker.ingest import StreamConsumer
 from worker.keys import Keys
 from worker.logs import get_logger
+from worker.outages import DATABASE_UNAVAILABLE
 from worker.outcomes import cancel_call, poll_call
 from worker.providers import CallProvider
 from worker.queue import (
@@ -44,6 +43,7 @@ from worker.queue import (
 )
 from worker.ratelimit import RateLimiter
 from worker.retries import backoff_s
+from worker.services import Services
 from worker.simulated import SimulatedProvider
 from worker.twilio_provider import TwilioProvider
 

@@ -16,7 +16,6 @@ from typing import Any, Literal
 from arq import Retry
 
 from worker import db
-from worker.context import Services
 from worker.dead_letters import call_letter
 from worker.logs import get_logger
 from worker.models import (
@@ -36,6 +35,7 @@ from worker.providers import (
     ThrottledProviderError,
 )
 from worker.retries import backoff_s
+from worker.services import Services
 from worker.twiml import alert_twiml
 
 log = get_logger(__name__)

@@ -23,9 +23,9 @@ from producers import ValidationError as EventValidationError
 from schema import DEFAULT_TENANT, Member, describe_errors
 from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
-from worker.infra import DATABASE_UNAVAILABLE
 from worker.logs import configure_logging, mask_phone_numbers
 from worker.models import CallStatus, DeadLetter, Group
+from worker.outages import DATABASE_UNAVAILABLE
 
 T = TypeVar("T")
 
@@ -390,7 +390,7 @@ async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
     called again. A letter whose cause is not fixed is refused, and says why."""
     from arq.connections import RedisSettings, create_pool
 
-    from worker.dead_letters import ReplayRefused, replay
+    from worker.replay import ReplayRefused, replay
 
     if (letter_id is None) == (not replay_all):
         raise BadInput("give one letter ID or --all")

@@ -2,23 +2,17 @@
 
 Sources: ``ingest`` (stream entries: invalid, unknown group, poison) and ``call`` (calls the
 provider refused, exhausted retries, stale). Each letter has a ``letter_key`` naming what it
-is about, so the same failure seen twice (a redelivery) is lettered once.
+is about, so the same failure seen twice (a redelivery) is lettered once. This module builds
+letters; ``db`` writes them, ``replay`` (the operator's ``dlq replay``) reads them back.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.connections import ArqRedis
-
-from worker import db
-from worker.config import Settings
-from worker.context import schedule_calls
-from worker.db import Connection
-from worker.keys import Keys
-from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter, NewDeadLetter
+from worker.entries import Entry
+from worker.models import NewDeadLetter
 
 # Postgres text refuses NUL, and UTF-8 cannot carry an unpaired surrogate (JSON's "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -33,15 +27,31 @@ def storable_text(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
-def ingest_letter(
-    payload: dict[str, Any], *, reason: str, error: str, stream_id: str, attempts: int = 1
-) -> NewDeadLetter:
+def entry_payload(entry: Entry) -> dict[str, Any]:
+    """The raw entry as JSON-safe text, for a dead letter (``entry_from_payload`` rebuilds
+    it exactly, unless it held bytes Postgres cannot store)."""
+    return {
+        "stream_id": entry.stream_id,
+        "fields": {_storable(k): _storable(v) for k, v in entry.fields.items()},
+    }
+
+
+def entry_from_payload(payload: dict[str, Any]) -> Entry | None:
+    """The stream entry an ingest letter holds, or None when it holds none."""
+    raw_fields = payload.get("fields")
+    if not isinstance(raw_fields, dict):
+        return None
+    fields = {str(k).encode(): str(v).encode() for k, v in raw_fields.items()}
+    return Entry(str(payload.get("stream_id", "")), fields)
+
+
+def ingest_letter(entry: Entry, *, reason: str, error: str, attempts: int = 1) -> NewDeadLetter:
     return NewDeadLetter(
         source="ingest",
         reason=reason,
         error=storable_text(error),
-        payload=payload,
-        letter_key=f"stream:{stream_id}",
+        payload=entry_payload(entry),
+        letter_key=f"stream:{entry.stream_id}",
         attempts=attempts,
     )
 
@@ -60,102 +70,6 @@ def call_letter(
     )
 
 
-# Twilio errors about the number itself: replaying the same number fails again.
-NUMBER_ERROR_CODES = frozenset({21211, 21214, 21217})
-
-
-class ReplayRefused(Exception):
-    """The letter's cause is not fixed (or it was replayed already): replaying would only
-    fail again, so nothing is done and the operator is told why."""
-
-
-async def replay(
-    conn: Connection, redis: ArqRedis, settings: Settings, letter: DeadLetter
-) -> str:
-    """Replay one letter; returns what was done. Raises ReplayRefused when it would fail again.
-
-    An ingest letter goes back onto the stream as the same entry fields; a call letter becomes
-    a new pending call to the member's current number with fresh attempts. The letter is
-    marked replayed first (once), and unmarked if the replay itself cannot be written.
-    """
-    if letter.replayed_at is not None:
-        raise ReplayRefused(f"letter {letter.id} was already replayed at "
-                            f"{letter.replayed_at.isoformat(timespec='seconds')}")
-    if letter.source == "ingest":
-        fields = await _ingest_replay_fields(conn, letter)
-        action = _replay_ingest(redis, settings, fields)
-    else:
-        action = await _prepare_call_replay(conn, redis, settings, letter)
-    if not await db.claim_dead_letter_for_replay(conn, letter.id):
-        raise ReplayRefused(f"letter {letter.id} is being replayed by someone else")
-    try:
-        return await action()
-    except BaseException:
-        await db.unclaim_dead_letter(conn, letter.id)
-        raise
-
-
-async def _ingest_replay_fields(conn: Connection, letter: DeadLetter) -> dict[str, str]:
-    from worker.ingest import Entry, InvalidEntry, parse_entry
-
-    raw_fields = letter.payload.get("fields")
-    if not isinstance(raw_fields, dict):
-        raise ReplayRefused(f"letter {letter.id} has no stream entry to replay")
-    fields = {str(k): str(v) for k, v in raw_fields.items()}
-    entry = Entry(str(letter.payload.get("stream_id", "")),
-                  {k.encode(): v.encode() for k, v in fields.items()})
-    try:
-        event = parse_entry(entry)
-    except InvalidEntry as exc:
-        raise ReplayRefused(f"letter {letter.id} would fail again: {exc.error}") from None
-    if event.is_trigger:
-        group = await db.get_group(conn, event.tenant, event.group or "")
-        if group is None or not group.members:
-            what = "does not exist" if group is None else "has no members"
-            raise ReplayRefused(
-                f"letter {letter.id} would fail again: group {event.group!r} in tenant "
-                f"{event.tenant!r} still {what}; create it with `voicealert groups set` first"
-            )
-    return fields
-
-
-def _replay_ingest(
-    redis: ArqRedis, settings: Settings, fields: dict[str, str]
-) -> Callable[[], Awaitable[str]]:
-    async def action() -> str:
-        entry_id = await redis.xadd(Keys(settings.redis_prefix).events, fields)  # type: ignore[arg-type]
-        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-        return f"back on the stream as {text}"
-
-    return action
-
-
-async def _prepare_call_replay(
-    conn: Connection, redis: ArqRedis, settings: Settings, letter: DeadLetter
-) -> Callable[[], Awaitable[str]]:
-    payload = letter.payload
-    call_id = int(payload["call_id"])
-    call = await db.get_call(conn, call_id)
-    if call is None:
-        raise ReplayRefused(f"letter {letter.id}: call {call_id} no longer exists")
-    if call.alert_status in TERMINAL_ALERT_STATUSES:
-        raise ReplayRefused(f"letter {letter.id}: alert {call.alert_id!r} was resolved")
-    group_name = await db.alert_group_name(conn, call.alert)
-    group = await db.get_group(conn, call.tenant, group_name)
-    member = next((m for m in group.members if m.name == call.member_name), None) if group else None
-    if member is None:
-        raise ReplayRefused(f"letter {letter.id} would fail again: {call.member_name!r} is no "
-                            f"longer a member of group {group_name!r}")
-    refused_number = payload.get("code") in NUMBER_ERROR_CODES
-    if letter.reason == "provider_rejected" and refused_number and member.phone == call.phone:
-        raise ReplayRefused(
-            f"letter {letter.id} would fail again: the provider refused {call.member_name}'s "
-            f"number ({letter.error}) and it is unchanged; fix it with `voicealert groups set`"
-        )
-
-    async def action() -> str:
-        new_call = await db.add_replay_call(conn, call.alert, call.member_name, member.phone)
-        await schedule_calls(redis, settings, [new_call])
-        return f"call {new_call} queued for {call.member_name}"
-
-    return action
+def _storable(raw: bytes) -> str:
+    """Entry bytes as text Postgres can store: invalid UTF-8 and NUL become U+FFFD."""
+    return storable_text(raw.decode(errors="replace"))

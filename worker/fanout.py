@@ -1,29 +1,29 @@
-"""Expansion: valid events → dedup decision → alert and call rows → place_call jobs.
+"""Fan-out: valid events → dedup decision → alert and call rows → place_call jobs.
 
 Events of a batch are handled in stream order around resolves (a trigger and its resolve in
 one batch must not ring after the resolve). Triggers between two resolves are handled
 together: one query for their groups, one pipelined round trip for their dedup locks, one
 rate-limit reservation and one enqueue for all their calls.
+
+What fan-out cannot finish it reports back to the stream consumer (``FanOutResult``): events
+whose processing raised, and events that rang nobody (no such group, no members). The
+consumer owns its entries, so it writes their dead letters and acknowledges them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from schema import Member
 from worker import db
-from worker.context import Services
-from worker.dead_letters import ingest_letter
 from worker.dedup import LockRequest
-from worker.infra import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.entries import ParsedEvent
 from worker.logs import get_logger
 from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert
+from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
 from worker.queue import CANCEL_CALL
-
-if TYPE_CHECKING:
-    from worker.ingest import ParsedEvent
+from worker.services import Services
 
 log = get_logger(__name__)
 
@@ -37,10 +37,19 @@ class Failed:
     error: str
 
 
+@dataclass(frozen=True)
+class RangNobody:
+    """A trigger whose alert row records that nobody was rung, and why (its status)."""
+
+    event: ParsedEvent
+    status: AlertStatus  # unknown_group or empty_group
+
+
 @dataclass
-class ExpandOutcome:
+class FanOutResult:
     done: list[str] = field(default_factory=list)  # stream ids safe to acknowledge
     failed: list[Failed] = field(default_factory=list)
+    rang_nobody: list[RangNobody] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,23 +58,23 @@ class _Accepted:
     members: list[Member]
 
 
-class Expander:
+class FanOut:
     def __init__(self, services: Services) -> None:
         self.s = services
 
-    async def expand(self, events: Sequence[ParsedEvent]) -> ExpandOutcome:
-        outcome = ExpandOutcome()
+    async def expand(self, events: Sequence[ParsedEvent]) -> FanOutResult:
+        result = FanOutResult()
         run: list[ParsedEvent] = []
         for parsed in events:
             if parsed.event.is_trigger:
                 run.append(parsed)
                 continue
-            await self._triggers(run, outcome)
+            await self._triggers(run, result)
             run = []
             await self._resolve(parsed)
-            outcome.done.append(parsed.entry.stream_id)
-        await self._triggers(run, outcome)
-        return outcome
+            result.done.append(parsed.entry.stream_id)
+        await self._triggers(run, result)
+        return result
 
     async def _resolve(self, parsed: ParsedEvent) -> None:
         event = parsed.event
@@ -76,7 +85,7 @@ class Expander:
         log.info("alert.resolved", alert_id=event.alert_id, tenant=event.tenant,
                  stream_id=parsed.entry.stream_id, calls_to_cancel=len(live))
 
-    async def _triggers(self, events: Sequence[ParsedEvent], outcome: ExpandOutcome) -> None:
+    async def _triggers(self, events: Sequence[ParsedEvent], result: FanOutResult) -> None:
         if not events:
             return
         groups = await db.get_groups(
@@ -87,13 +96,13 @@ class Expander:
             group = groups.get((parsed.event.tenant, parsed.event.group or ""))
             if group is None or not group.members:
                 # Never takes the lock: an event that rings nobody must not suppress a retry.
-                await self._record_no_calls(
-                    parsed, AlertStatus.UNKNOWN_GROUP if group is None else AlertStatus.EMPTY_GROUP
-                )
-                outcome.done.append(parsed.entry.stream_id)
+                status = AlertStatus.UNKNOWN_GROUP if group is None else AlertStatus.EMPTY_GROUP
+                await self._record_no_calls(parsed, status)
+                result.rang_nobody.append(RangNobody(parsed, status))
+                result.done.append(parsed.entry.stream_id)
             else:
                 accepted.append(_Accepted(parsed, list(group.members)))
-        to_expand = await self._deduplicate(accepted, outcome)
+        to_expand = await self._deduplicate(accepted, result)
         call_ids: list[int] = []
         for item in to_expand:
             try:
@@ -103,15 +112,15 @@ class Expander:
             except Exception as exc:  # a bug or a constraint this event trips: count it
                 log.exception("event.processing_failed", stream_id=item.parsed.entry.stream_id,
                               alert_id=item.parsed.event.alert_id)
-                outcome.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))
+                result.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))
                 continue
-            outcome.done.append(item.parsed.entry.stream_id)
+            result.done.append(item.parsed.entry.stream_id)
         added = await self.s.schedule_calls(call_ids)
         if call_ids:
             log.info("calls.enqueued", calls=len(call_ids), new_jobs=added)
 
     async def _deduplicate(
-        self, accepted: Sequence[_Accepted], outcome: ExpandOutcome
+        self, accepted: Sequence[_Accepted], result: FanOutResult
     ) -> list[_Accepted]:
         windowed = [a for a in accepted if a.parsed.event.dedup_window_s > 0]
         decisions = await self.s.dedup.acquire_many(
@@ -143,7 +152,7 @@ class Expander:
         for dup in duplicates:
             log.info("event.deduplicated", alert_id=dup.alert_id, tenant=dup.tenant,
                      stream_id=dup.stream_id, duplicate_of=dup.owner_key)
-            outcome.done.append(dup.stream_id)
+            result.done.append(dup.stream_id)
         return [a for a in accepted if id(a) not in suppressed]
 
     def _new_alert(self, parsed: ParsedEvent, status: AlertStatus) -> NewAlert:
@@ -165,14 +174,6 @@ class Expander:
     async def _record_no_calls(self, parsed: ParsedEvent, status: AlertStatus) -> None:
         async with self.s.db.acquire() as conn:
             await db.create_alert(conn, self._new_alert(parsed, status), [])
-        if status == AlertStatus.UNKNOWN_GROUP:
-            await db.insert_dead_letters(
-                self.s.db,
-                [ingest_letter(parsed.entry.payload(), reason="unknown_group",
-                               error=f"no group {parsed.event.group!r} in tenant "
-                                     f"{parsed.event.tenant!r}",
-                               stream_id=parsed.entry.stream_id)],
-            )
         unknown = status == AlertStatus.UNKNOWN_GROUP
         log.warning("alert.unknown_group" if unknown else "alert.empty_group",
                     alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,

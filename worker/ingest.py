@@ -14,77 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pydantic
 import redis.exceptions
 
-from schema import AlertEvent, describe_errors
 from worker import db
-from worker.context import Services
-from worker.dead_letters import ingest_letter, storable_text
-from worker.fanout import Expander
-from worker.infra import DATABASE_UNAVAILABLE
+from worker.dead_letters import ingest_letter
+from worker.entries import Entry, Fields, InvalidEntry, ParsedEvent, parse_event
+from worker.fanout import FanOut, RangNobody
 from worker.logs import get_logger
+from worker.models import AlertStatus, NewDeadLetter
+from worker.outages import DATABASE_UNAVAILABLE
+from worker.services import Services
 
 log = get_logger(__name__)
-
-Fields = dict[bytes, bytes]
-
-
-@dataclass(frozen=True)
-class Entry:
-    stream_id: str
-    fields: Fields
-
-    def payload(self) -> dict[str, object]:
-        """The raw entry as JSON-safe text, for a dead letter (replay rebuilds it exactly)."""
-        return {
-            "stream_id": self.stream_id,
-            "fields": {_storable(k): _storable(v) for k, v in self.fields.items()},
-        }
-
-
-@dataclass(frozen=True)
-class ParsedEvent:
-    entry: Entry
-    event: AlertEvent
-
-    @property
-    def event_key(self) -> str:
-        """The event's identity: its event_id when given, else its stream entry."""
-        if self.event.event_id:
-            return f"event:{self.event.event_id}"
-        return f"stream:{self.entry.stream_id}"
-
-
-class InvalidEntry(Exception):
-    def __init__(self, reason: str, error: str) -> None:
-        super().__init__(f"{reason}: {error}")
-        self.reason = reason
-        self.error = error
-
-
-def parse_entry(entry: Entry) -> AlertEvent:
-    """The entry's event, or InvalidEntry with a reason an operator can act on."""
-    raw = entry.fields.get(b"event")
-    if raw is None:
-        present = ", ".join(sorted(k.decode(errors="replace") for k in entry.fields)) or "none"
-        raise InvalidEntry("missing_event_field",
-                           f"entry has no 'event' field (fields: {present})")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEntry("invalid_json", f"event is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidEntry("invalid_event", "event must be a JSON object")
-    try:
-        return AlertEvent.model_validate(data)
-    except pydantic.ValidationError as exc:
-        problems = [f"{field}: {reason}" for field, reason in describe_errors(exc)]
-        raise InvalidEntry("invalid_event", "; ".join(problems)) from None
 
 
 @dataclass
@@ -109,7 +53,7 @@ class StreamConsumer:
         self.stream = services.keys.events
         self.group = services.keys.consumer_group
         self.consumer = services.settings.consumer_name
-        self.expander = Expander(services)
+        self.fanout = FanOut(services)
         self._stopping = asyncio.Event()
         self._backlog = True  # re-read our own pending entries first (after a restart too)
         self._failures = _Failures()
@@ -266,27 +210,25 @@ class StreamConsumer:
     ) -> None:
         letters = [
             ingest_letter(
-                e.payload(),
+                e,
                 reason="too_many_deliveries",
                 error=f"delivered {deliveries.get(e.stream_id, 0)} times without completing",
-                stream_id=e.stream_id,
                 attempts=deliveries.get(e.stream_id, 0),
             )
             for e in entries
         ]
         await db.insert_dead_letters(self.s.db, letters)
         for entry in entries:
-            await self._release_lock_of(entry)
+            with contextlib.suppress(InvalidEntry):  # an invalid entry never took a lock
+                await self._release_lock(parse_event(entry))
             log.error("event.dead_lettered", stream_id=entry.stream_id,
                       reason="too_many_deliveries")
         await self.ack([e.stream_id for e in entries])
 
-    async def _release_lock_of(self, entry: Entry) -> None:
-        try:
-            event = parse_entry(entry)
-        except InvalidEntry:
-            return
-        parsed = ParsedEvent(entry, event)
+    async def _release_lock(self, parsed: ParsedEvent) -> None:
+        """Release the event's dedup lock if it holds it: an event given up on must not
+        suppress a corrected retry within its window."""
+        event = parsed.event
         await self.s.dedup.release(event.tenant, event.alert_id, parsed.event_key)
 
     async def ack(self, stream_ids: Sequence[str]) -> None:
@@ -319,38 +261,42 @@ class StreamConsumer:
         done: list[str] = []  # stream ids safe to acknowledge
         for entry in entries:
             try:
-                valid.append(ParsedEvent(entry, parse_entry(entry)))
+                valid.append(parse_event(entry))
             except InvalidEntry as exc:
-                letters.append(
-                    ingest_letter(entry.payload(), reason=exc.reason, error=exc.error,
-                                  stream_id=entry.stream_id)
-                )
+                letters.append(ingest_letter(entry, reason=exc.reason, error=exc.error))
                 done.append(entry.stream_id)
                 log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
                             error=exc.error)
         await db.insert_dead_letters(self.s.db, letters)
-        outcome = await self.expander.expand(valid)
-        done += outcome.done
-        for failed in outcome.failed:
+        result = await self.fanout.expand(valid)
+        await db.insert_dead_letters(
+            self.s.db, [letter for r in result.rang_nobody if (letter := _rang_nobody_letter(r))]
+        )
+        done += result.done
+        for failed in result.failed:
             entry = failed.event.entry
             count = self._failures.add(entry.stream_id)
             if count >= self.settings.max_deliveries:
                 await db.insert_dead_letters(
                     self.s.db,
-                    [ingest_letter(entry.payload(), reason="processing_failed",
-                                   error=failed.error, stream_id=entry.stream_id,
+                    [ingest_letter(entry, reason="processing_failed", error=failed.error,
                                    attempts=count)],
                 )
-                await self._release_lock_of(entry)
+                await self._release_lock(failed.event)
                 done.append(entry.stream_id)
             else:
                 self._backlog = True
         await self.ack(done)
 
 
-def _storable(raw: bytes) -> str:
-    """Entry bytes as text Postgres can store: invalid UTF-8 and NUL become U+FFFD."""
-    return storable_text(raw.decode(errors="replace"))
+def _rang_nobody_letter(rang: RangNobody) -> NewDeadLetter | None:
+    """An unknown group is an operator's to fix (lettered, replayable once it exists); an
+    empty group is recorded on its alert row only."""
+    if rang.status != AlertStatus.UNKNOWN_GROUP:
+        return None
+    event = rang.event.event
+    return ingest_letter(rang.event.entry, reason="unknown_group",
+                         error=f"no group {event.group!r} in tenant {event.tenant!r}")
 
 
 def _stream_id_tuple(stream_id: str) -> tuple[int, int]:

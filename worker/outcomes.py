@@ -15,7 +15,6 @@ from typing import Any
 from arq import Retry
 
 from worker import db
-from worker.context import Services
 from worker.logs import get_logger
 from worker.models import (
     TERMINAL_ALERT_STATUSES,
@@ -28,6 +27,7 @@ from worker.models import (
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
 from worker.queue import POLL_CALL
+from worker.services import Services
 
 log = get_logger(__name__)
 

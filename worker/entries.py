@@ -1,0 +1,70 @@
+"""Stream entries and their events: what XREADGROUP returns, and the parser that validates it.
+
+The first step of the pipeline and the vocabulary of the others: ingest reads entries,
+fan-out works on parsed events, dead letters keep invalid entries, replay parses letters
+again before putting them back on the stream. Imports nothing of the worker.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pydantic
+
+from schema import AlertEvent, describe_errors
+
+Fields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry as read: its id and its raw fields (producers may write anything)."""
+
+    stream_id: str
+    fields: Fields
+
+
+@dataclass(frozen=True)
+class ParsedEvent:
+    entry: Entry
+    event: AlertEvent
+
+    @property
+    def event_key(self) -> str:
+        """The event's identity: its event_id when given, else its stream entry."""
+        if self.event.event_id:
+            return f"event:{self.event.event_id}"
+        return f"stream:{self.entry.stream_id}"
+
+
+class InvalidEntry(Exception):
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(f"{reason}: {error}")
+        self.reason = reason
+        self.error = error
+
+
+def parse_entry(entry: Entry) -> AlertEvent:
+    """The entry's event, or InvalidEntry with a reason an operator can act on."""
+    raw = entry.fields.get(b"event")
+    if raw is None:
+        present = ", ".join(sorted(k.decode(errors="replace") for k in entry.fields)) or "none"
+        raise InvalidEntry("missing_event_field",
+                           f"entry has no 'event' field (fields: {present})")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEntry("invalid_json", f"event is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidEntry("invalid_event", "event must be a JSON object")
+    try:
+        return AlertEvent.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = [f"{field}: {reason}" for field, reason in describe_errors(exc)]
+        raise InvalidEntry("invalid_event", "; ".join(problems)) from None
+
+
+def parse_event(entry: Entry) -> ParsedEvent:
+    """``entry`` with its validated event, or InvalidEntry."""
+    return ParsedEvent(entry, parse_entry(entry))

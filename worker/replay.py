@@ -1,0 +1,116 @@
+"""Replaying dead letters (``voicealert dlq replay``): once the cause is fixed, do it again.
+
+An ingest letter goes back onto the stream as the same entry fields and takes the whole
+pipeline from the start; a call letter becomes a new pending call to the member's current
+number, scheduled like any other. A letter whose cause is not fixed is refused, with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from arq.connections import ArqRedis
+
+from worker import db
+from worker.config import Settings
+from worker.db import Connection
+from worker.dead_letters import entry_from_payload
+from worker.entries import Fields, InvalidEntry, parse_entry
+from worker.keys import Keys
+from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter
+from worker.services import schedule_calls
+
+# Twilio errors about the number itself: replaying the same number fails again.
+NUMBER_ERROR_CODES = frozenset({21211, 21214, 21217})
+
+
+class ReplayRefused(Exception):
+    """The letter's cause is not fixed (or it was replayed already): replaying would only
+    fail again, so nothing is done and the operator is told why."""
+
+
+async def replay(
+    conn: Connection, redis: ArqRedis, settings: Settings, letter: DeadLetter
+) -> str:
+    """Replay one letter; returns what was done. Raises ReplayRefused when it would fail again.
+
+    An ingest letter goes back onto the stream as the same entry fields; a call letter becomes
+    a new pending call to the member's current number with fresh attempts. The letter is
+    marked replayed first (once), and unmarked if the replay itself cannot be written.
+    """
+    if letter.replayed_at is not None:
+        raise ReplayRefused(f"letter {letter.id} was already replayed at "
+                            f"{letter.replayed_at.isoformat(timespec='seconds')}")
+    if letter.source == "ingest":
+        fields = await _ingest_replay_fields(conn, letter)
+        action = _replay_ingest(redis, settings, fields)
+    else:
+        action = await _prepare_call_replay(conn, redis, settings, letter)
+    if not await db.claim_dead_letter_for_replay(conn, letter.id):
+        raise ReplayRefused(f"letter {letter.id} is being replayed by someone else")
+    try:
+        return await action()
+    except BaseException:
+        await db.unclaim_dead_letter(conn, letter.id)
+        raise
+
+
+async def _ingest_replay_fields(conn: Connection, letter: DeadLetter) -> Fields:
+    entry = entry_from_payload(letter.payload)
+    if entry is None:
+        raise ReplayRefused(f"letter {letter.id} has no stream entry to replay")
+    try:
+        event = parse_entry(entry)
+    except InvalidEntry as exc:
+        raise ReplayRefused(f"letter {letter.id} would fail again: {exc.error}") from None
+    if event.is_trigger:
+        group = await db.get_group(conn, event.tenant, event.group or "")
+        if group is None or not group.members:
+            what = "does not exist" if group is None else "has no members"
+            raise ReplayRefused(
+                f"letter {letter.id} would fail again: group {event.group!r} in tenant "
+                f"{event.tenant!r} still {what}; create it with `voicealert groups set` first"
+            )
+    return entry.fields
+
+
+def _replay_ingest(
+    redis: ArqRedis, settings: Settings, fields: Fields
+) -> Callable[[], Awaitable[str]]:
+    async def action() -> str:
+        entry_id = await redis.xadd(Keys(settings.redis_prefix).events, fields)  # type: ignore[arg-type]
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return f"back on the stream as {text}"
+
+    return action
+
+
+async def _prepare_call_replay(
+    conn: Connection, redis: ArqRedis, settings: Settings, letter: DeadLetter
+) -> Callable[[], Awaitable[str]]:
+    payload = letter.payload
+    call_id = int(payload["call_id"])
+    call = await db.get_call(conn, call_id)
+    if call is None:
+        raise ReplayRefused(f"letter {letter.id}: call {call_id} no longer exists")
+    if call.alert_status in TERMINAL_ALERT_STATUSES:
+        raise ReplayRefused(f"letter {letter.id}: alert {call.alert_id!r} was resolved")
+    group_name = await db.alert_group_name(conn, call.alert)
+    group = await db.get_group(conn, call.tenant, group_name)
+    member = next((m for m in group.members if m.name == call.member_name), None) if group else None
+    if member is None:
+        raise ReplayRefused(f"letter {letter.id} would fail again: {call.member_name!r} is no "
+                            f"longer a member of group {group_name!r}")
+    refused_number = payload.get("code") in NUMBER_ERROR_CODES
+    if letter.reason == "provider_rejected" and refused_number and member.phone == call.phone:
+        raise ReplayRefused(
+            f"letter {letter.id} would fail again: the provider refused {call.member_name}'s "
+            f"number ({letter.error}) and it is unchanged; fix it with `voicealert groups set`"
+        )
+
+    async def action() -> str:
+        new_call = await db.add_replay_call(conn, call.alert, call.member_name, member.phone)
+        await schedule_calls(redis, settings, [new_call])
+        return f"call {new_call} queued for {call.member_name}"
+
+    return action
