@@ -4,7 +4,8 @@ Owner = the event's identity (``event_key``), so a redelivery or a retried XADD 
 event re-enters its own lock instead of being counted as its own duplicate. Only the owner
 releases it (compare-and-delete), and it is released whenever the event ends with zero
 calls, so a corrected retry within the window is not suppressed. Decisions for a batch go
-to Redis in one pipelined round trip.
+to Redis in one pipelined round trip (EVALSHA; redis-py loads a script the server lacks
+before running the pipeline).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class DedupLock:
     def __init__(self, client: redis.asyncio.Redis, keys: Keys) -> None:
         self._redis = client
         self._keys = keys
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
 
     async def acquire_many(self, requests: Sequence[LockRequest]) -> list[LockDecision]:
         """One decision per request, in order (later requests see earlier ones' locks)."""
@@ -58,15 +61,14 @@ class DedupLock:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for r in requests:
-                pipe.eval(_ACQUIRE, 1, self._keys.dedup_lock(r.tenant, r.alert_id), r.owner,
-                          str(r.window_s))
+                await self._acquire(keys=[self._keys.dedup_lock(r.tenant, r.alert_id)],
+                                    args=[r.owner, str(r.window_s)], client=pipe)
             results = await pipe.execute()
         return [LockDecision(acquired=bool(ok), owner=_text(owner)) for ok, owner in results]
 
     async def release(self, tenant: str, alert_id: str, owner: str) -> bool:
-        released = await self._redis.eval(  # type: ignore[misc]
-            _RELEASE, 1, self._keys.dedup_lock(tenant, alert_id), owner
-        )
+        released = await self._release(keys=[self._keys.dedup_lock(tenant, alert_id)],
+                                       args=[owner])
         return bool(released)
 
     async def clear(self, tenant: str, alert_id: str) -> None:

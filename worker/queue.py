@@ -80,5 +80,6 @@ async def enqueue_many(
         )
         argv += [job.job_id, job.run_at_ms, payload]
     argv.append(now_ms)
-    added = await redis.eval(_ENQUEUE_MANY, len(keys), *keys, *argv)  # type: ignore[misc]
+    # EVALSHA (the script is loaded once per server); registering only hashes the text.
+    added = await redis.register_script(_ENQUEUE_MANY)(keys=keys, args=argv)
     return int(added)

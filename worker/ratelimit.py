@@ -29,15 +29,13 @@ return slots
 
 class RateLimiter:
     def __init__(self, client: redis.asyncio.Redis, key: str, calls_per_second: float) -> None:
-        self._redis = client
         self._key = key
+        self._reserve = client.register_script(_RESERVE)
         self.interval_ms = max(1, round(1000 / calls_per_second))
 
     async def reserve(self, count: int) -> list[int]:
         """Reserve ``count`` call starts; returns their times in epoch milliseconds."""
         if count <= 0:
             return []
-        slots = await self._redis.eval(  # type: ignore[misc]
-            _RESERVE, 1, self._key, str(self.interval_ms), str(count)
-        )
+        slots = await self._reserve(keys=[self._key], args=[str(self.interval_ms), str(count)])
         return [int(s) for s in slots]

@@ -1,0 +1,102 @@
+"""The arq internals voicealert relies on, pinned: this fails loudly when an arq upgrade moves them.
+
+- ``worker/queue.py`` enqueues a batch in one Lua call instead of ``enqueue_job``: it writes
+  arq's key layout (``arq:job:<id>``, ``arq:result:<id>``, the queue sorted set) and arq's job
+  payload (``serialize_job``) itself.
+- ``worker/app.py`` subclasses ``Worker``: ``start_jobs`` is overridden to stop starting jobs
+  at once on a drain (``allow_pick_jobs``), and ``in_progress_timeout_s`` is shortened.
+- tests/helpers.py reads ``arq:in-progress:<id>`` to know a job is running.
+
+pyproject.toml pins arq to one minor version; moving the pin means reading these again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from importlib.metadata import version
+
+from arq import Worker
+from arq import constants as arq_constants
+from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus, deserialize_job, serialize_job
+from arq.worker import func
+
+from worker.app import WorkerProcess
+from worker.config import Settings
+from worker.keys import Keys
+from worker.queue import (
+    PLACE_CALL,
+    ScheduledJob,
+    enqueue_many,
+    job_id,
+    json_deserializer,
+    json_serializer,
+)
+
+
+def test_arq_is_the_pinned_minor_version() -> None:
+    assert version("arq").split(".")[:2] == ["0", "28"]
+
+
+def test_arq_key_prefixes_are_the_ones_we_write() -> None:
+    assert arq_constants.job_key_prefix == "arq:job:"
+    assert arq_constants.result_key_prefix == "arq:result:"
+    assert arq_constants.in_progress_key_prefix == "arq:in-progress:"
+    assert arq_constants.retry_key_prefix == "arq:retry:"
+
+
+def test_serialize_job_takes_the_arguments_we_pass() -> None:
+    params = inspect.signature(serialize_job).parameters
+    assert list(params)[:5] == ["function_name", "args", "kwargs", "job_try", "enqueue_time_ms"]
+    assert params["serializer"].kind is inspect.Parameter.KEYWORD_ONLY
+    payload = serialize_job(PLACE_CALL, (7,), {}, None, 1_700_000_000_000,
+                            serializer=json_serializer)
+    job = deserialize_job(payload, deserializer=json_deserializer)
+    assert (job.function, tuple(job.args), job.kwargs) == (PLACE_CALL, (7,), {})
+    assert job.job_try is None
+
+
+def test_worker_start_jobs_and_the_drain_flag_are_where_we_override_them() -> None:
+    assert inspect.iscoroutinefunction(Worker.start_jobs)
+    assert list(inspect.signature(Worker.start_jobs).parameters) == ["self", "job_ids"]
+    # arq reads allow_pick_jobs before starting a batch, and sets it on a graceful stop.
+    assert "self.allow_pick_jobs" in inspect.getsource(Worker._poll_iteration)
+    assert "self.allow_pick_jobs = False" in inspect.getsource(
+        Worker.handle_sig_wait_for_completion
+    )
+    # start_jobs is where the in-progress lock gets its lifetime.
+    assert "self.in_progress_timeout_s" in inspect.getsource(Worker.start_jobs)
+
+
+def test_worker_attributes_we_set_and_read_exist(settings: Settings) -> None:
+    async def job(ctx: dict[str, object]) -> None:
+        return None
+
+    plain = Worker(functions=[func(job, name="job")], handle_signals=False, job_timeout=15)
+    assert plain.allow_pick_jobs is True
+    assert plain.in_progress_timeout_s == 15 + 10  # arq's margin, which we shorten
+    for counter in ("jobs_complete", "jobs_retried", "jobs_failed"):
+        assert getattr(plain, counter) == 0
+    for method in ("handle_sig", "handle_sig_wait_for_completion", "async_run", "close"):
+        assert callable(getattr(plain, method))
+    ours = WorkerProcess(settings).worker
+    assert ours.in_progress_timeout_s < plain.in_progress_timeout_s
+
+
+async def test_a_batch_enqueued_job_is_the_job_arq_reads(arq_redis: ArqRedis, prefix: str) -> None:
+    keys = Keys(prefix)
+    jid = job_id(prefix, "call", 41)
+    run_at_ms = 4_102_444_800_000  # 2100-01-01: deferred, so no worker anywhere starts it
+    added = await enqueue_many(
+        arq_redis, keys.queue, [ScheduledJob(PLACE_CALL, jid, (41,), run_at_ms)],
+        expires_ms=60_000,
+    )
+    assert added == 1
+    job = Job(jid, arq_redis, _queue_name=keys.queue, _deserializer=json_deserializer)
+    assert await job.status() == JobStatus.deferred
+    info = await job.info()
+    assert info is not None
+    assert (info.function, tuple(info.args), info.score) == (PLACE_CALL, (41,), run_at_ms)
+    # arq's own enqueue refuses a job id we queued: the same uniqueness rule on both paths.
+    assert await arq_redis.enqueue_job(PLACE_CALL, 41, _job_id=jid,
+                                       _queue_name=keys.queue) is None
