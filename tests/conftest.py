@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -26,29 +23,22 @@ import redis.asyncio
 from arq.connections import ArqRedis, create_pool
 
 from tests.fake_twilio import FakeTwilio
+from tests.helpers import (
+    DATABASE_URL,
+    FROM_NUMBER,
+    REDIS_URL,
+    TEST_REDIS_URL,
+    InProcessWorker,
+    admin_sql,
+    with_database,
+)
 from worker.config import Settings, load_settings
 from worker.logs import configure_logging
 from worker.migrate import maintenance_url
 
-REPO = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/voicealert")
-TEST_REDIS_DB = 15
 TEMPLATE_DB = f"voicealert_test_template_{os.getpid()}"
-FROM_NUMBER = "+15005550006"
 
 _counter = itertools.count(1)
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-
-
-def with_redis_db(url: str, index: int) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{index}"))
-
-
-TEST_REDIS_URL = with_redis_db(REDIS_URL, TEST_REDIS_DB)
 
 
 def _check_services() -> None:
@@ -67,15 +57,6 @@ def _check_services() -> None:
     except Exception as exc:
         pytest.exit(f"Postgres is not reachable at {DATABASE_URL} ({exc}); run the tests "
                     "through scripts/test, which starts one", returncode=3)
-
-
-async def admin_sql(sql: str) -> None:
-    """Run ``sql`` on the maintenance database (CREATE/DROP DATABASE)."""
-    conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="session")
@@ -172,34 +153,6 @@ async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
 @pytest.fixture(autouse=True, scope="session")
 def _logging() -> None:
     configure_logging("console", "warning")
-
-
-class InProcessWorker:
-    """A real WorkerProcess (arq loop + stream consumer) running in the test's event loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        from worker.app import WorkerProcess
-
-        self.process = WorkerProcess(settings)
-        self.task: asyncio.Task[int] | None = None
-
-    async def start(self) -> InProcessWorker:
-        self.task = asyncio.create_task(self.process.run(install_signals=False))
-        for _ in range(200):
-            if self.process.consumer is not None:
-                return self
-            await asyncio.sleep(0.02)
-        raise RuntimeError("worker did not start")
-
-    async def stop(self) -> int:
-        assert self.task is not None
-        if not self.task.done():
-            self.process.request_stop(signal.SIGTERM)
-        return await asyncio.wait_for(self.task, 30)
-
-    @property
-    def services(self) -> Any:
-        return self.process.worker.ctx["services"]
 
 
 @pytest.fixture

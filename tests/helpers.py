@@ -1,4 +1,6 @@
-"""Helpers shared by the integration and e2e suites: groups, waiting, firing, reading back.
+"""Helpers shared by the integration and e2e suites: where the services are, groups, waiting,
+firing, reading back, a worker in the test's event loop. (Fixtures live in conftest.py; test
+modules import from here, never from a conftest.)
 
 Everything here talks to the real services (Postgres, Redis) the fixtures provide; nothing
 is mocked. ``wait_for`` is how a test waits for the pipeline: on a condition, never on a
@@ -9,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio
@@ -23,10 +29,66 @@ from tests.fake_twilio import FakeTwilio
 from worker import db
 from worker.config import Settings
 from worker.keys import Keys
+from worker.migrate import maintenance_url
 from worker.models import CallRow, CallStatus
 from worker.queue import job_id
 
+REPO = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/voicealert")
+TEST_REDIS_DB = 15
+FROM_NUMBER = "+15005550006"
 PHONES = ["+14155550100", "+14155550101", "+14155550102"]
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+
+
+def with_redis_db(url: str, index: int) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{index}"))
+
+
+TEST_REDIS_URL = with_redis_db(REDIS_URL, TEST_REDIS_DB)
+
+
+async def admin_sql(sql: str) -> None:
+    """Run ``sql`` on the maintenance database (CREATE/DROP DATABASE)."""
+    conn = await asyncpg.connect(maintenance_url(DATABASE_URL)[0], timeout=10)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class InProcessWorker:
+    """A real WorkerProcess (arq loop + stream consumer) running in the test's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        from worker.app import WorkerProcess
+
+        self.process = WorkerProcess(settings)
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> InProcessWorker:
+        self.task = asyncio.create_task(self.process.run(install_signals=False))
+        for _ in range(200):
+            if self.process.consumer is not None:
+                return self
+            await asyncio.sleep(0.02)
+        raise RuntimeError("worker did not start")
+
+    async def stop(self) -> int:
+        assert self.task is not None
+        if not self.task.done():
+            self.process.request_stop(signal.SIGTERM)
+        return await asyncio.wait_for(self.task, 30)
+
+    @property
+    def services(self) -> Any:
+        return self.process.worker.ctx["services"]
+
+
 
 
 async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncpg
 import redis.asyncio
 
-from tests.e2e.conftest import SpawnWorker
+from tests.e2e.workers import SpawnWorker
 from tests.helpers import xadd_raw
 from worker.config import Settings
 from worker.keys import Keys

@@ -20,7 +20,7 @@ import asyncpg
 import redis.asyncio
 
 from producers import build_event
-from tests.e2e.conftest import SpawnWorker, WorkerProc
+from tests.e2e.workers import SpawnWorker, WorkerProc
 from tests.fake_twilio import FakeTwilio
 from tests.helpers import fire, make_group, stream_drained, wait_for
 from worker import db

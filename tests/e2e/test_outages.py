@@ -18,7 +18,7 @@ import redis.asyncio
 
 from producers import AlertProducer
 from scripts.services import ThrowawayPostgres, ThrowawayRedis
-from tests.e2e.conftest import SpawnWorker
+from tests.e2e.workers import SpawnWorker
 from tests.fake_twilio import FakeTwilio
 from tests.helpers import make_group, wait_for
 from worker import db

@@ -13,7 +13,7 @@ from collections import Counter
 
 import asyncpg
 
-from tests.e2e.conftest import SpawnWorker
+from tests.e2e.workers import SpawnWorker
 from tests.fake_twilio import FakeTwilio
 from tests.helpers import fire, make_group, wait_for
 from worker import db

@@ -16,8 +16,7 @@ import pytest
 import redis.asyncio
 
 from schema import AlertEvent, Member
-from tests.conftest import DATABASE_URL, REPO, with_database
-from tests.helpers import stream_entries
+from tests.helpers import DATABASE_URL, REPO, stream_entries, with_database
 from worker import db
 from worker.migrate import maintenance_url
 

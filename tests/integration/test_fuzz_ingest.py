@@ -27,9 +27,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schema import AlertEvent, Member
-from tests.conftest import InProcessWorker
 from tests.fake_twilio import FakeTwilio
-from tests.helpers import wait_for
+from tests.helpers import InProcessWorker, wait_for
 from worker import db
 from worker.config import load_settings
 from worker.keys import Keys

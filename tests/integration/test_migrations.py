@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import DATABASE_URL, REPO, admin_sql, with_database
+from tests.helpers import DATABASE_URL, REPO, admin_sql, with_database
 from worker import db
 from worker.migrate import MigrationError, load_migrations, migrate
 
