@@ -1,4 +1,4 @@
-"""The alert event as producers write it onto the stream (contract 1).
+"""The alert event as producers write it onto the stream (docs/contracts.md#the-event).
 
 The wire format is JSON, so this model is the single source of truth: the worker validates
 every stream entry against it, producers validate before writing, and
@@ -172,7 +172,8 @@ class AlertEvent(BaseModel):
         return self.action == "trigger"
 
     def to_entry(self) -> dict[str, str]:
-        """The stream entry fields for this event (contract 1: one field, ``event``)."""
+        """The stream entry fields for this event: one field, ``event``
+        (docs/contracts.md#the-stream)."""
         return {"event": self.model_dump_json(exclude_none=True)}
 
 

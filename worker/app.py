@@ -1,8 +1,9 @@
 """The worker process: an arq worker, tuned, with the stream consumer running beside it.
 
-arq defaults changed here, and why (DESIGN.md):
+arq defaults changed here, and why (the settings: docs/contracts.md#worker-tuning):
 - ``poll_delay`` 0.05 s instead of 0.5 s: a call job starts within ~50 ms of its slot.
-- ``job_timeout`` short (15 s): a SIGKILLed replica's jobs are re-run after timeout + 10 s.
+- ``job_timeout`` short (15 s): a SIGKILLed replica's jobs are re-run after timeout + 5 s
+  (``in_progress_timeout_s``; arq's own margin is 10 s).
 - ``job_completion_wait``: on SIGTERM, calls in flight finish instead of being cancelled.
 - ``health_check_key`` per replica: arq's default key is shared by every replica.
 - ``keep_result`` 0: job ids are call ids and must be reusable (DLQ replay, escalation).

@@ -1,4 +1,4 @@
-"""The ``voicealert`` command line (contract 4).
+"""The ``voicealert`` command line (docs/contracts.md#the-command-line).
 
 Exit codes: 0 success, 1 failure (a service unreachable, a replay that failed again),
 2 bad usage or bad input, always with one line on stderr. ``--json`` prints one document.

@@ -1,4 +1,4 @@
-"""Configuration from the environment (contract 2), validated once at start.
+"""Configuration from the environment (docs/contracts.md#configuration), validated at start.
 
 A bad value, or a ``VOICEALERT_*`` variable nobody reads (a typo), stops the process with
 one line naming the variable. Secrets are ``SecretStr`` and URLs are shown with their
@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         env_prefix="VOICEALERT_", extra="forbid", case_sensitive=False, populate_by_name=True
     )
 
-    # --- contract 2 ---------------------------------------------------------------------
+    # --- docs/contracts.md#connections-and-provider --------------------------------------
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias=_env("REDIS_URL"))
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/voicealert",
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         default="voicealert:", min_length=1, validation_alias=_env("VOICEALERT_REDIS_PREFIX")
     )
 
-    # --- worker tuning (DESIGN.md: arq is tuned, not taken at its defaults) ----------------
+    # --- docs/contracts.md#worker-tuning (why arq is tuned: worker/app.py) ----------------
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     ingest_batch: int = Field(default=100, ge=1, le=1000)
     ingest_block_ms: int = Field(default=1000, ge=1, le=60_000)

@@ -11,7 +11,7 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """The alert event stream producers XADD to (contract 1)."""
+        """The alert event stream producers XADD to (docs/contracts.md#the-stream)."""
         return f"{self.prefix}events"
 
     @property

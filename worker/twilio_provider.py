@@ -1,9 +1,10 @@
 """The real twilio client behind the :class:`CallProvider` protocol.
 
-Traps avoided (DESIGN.md): the async client's own timeout is not honoured, so every request
-is wrapped in ``asyncio.wait_for``; its ``max_retries`` re-POSTs on 5xx, so it is not used;
-``environment`` is a non-empty mapping without TWILIO_* keys (an empty dict is falsy and the
-client would fall back to ``os.environ``, where TWILIO_EDGE/REGION could rewrite the URL).
+Traps avoided (the guarantee they keep: docs/contracts.md#delivery-guarantees): the async
+client's own timeout is not honoured, so every request is wrapped in ``asyncio.wait_for``;
+its ``max_retries`` re-POSTs on 5xx, so it is not used; ``environment`` is a non-empty
+mapping without TWILIO_* keys (an empty dict is falsy and the client would fall back to
+``os.environ``, where TWILIO_EDGE/REGION could rewrite the URL).
 """
 
 from __future__ import annotations
