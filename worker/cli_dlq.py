@@ -1,0 +1,127 @@
+"""``voicealert dlq``: dead letters listed, shown, replayed once fixed, purged."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+import asyncpg
+import click
+
+from worker import db
+from worker.cli_support import (
+    BadInput,
+    current_settings,
+    json_option,
+    parse_age,
+    parse_time,
+    print_json,
+    run_async,
+    with_db,
+)
+from worker.logs import mask_phone_numbers
+from worker.models import DeadLetter
+
+
+@click.group()
+def dlq() -> None:
+    """Dead letters: what could not be done, why, and replaying it once fixed."""
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
+    error = (letter.error or "").replace("\n", " ")
+    return (f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M:%S}  {letter.source:<6} "
+            f"{letter.reason:<20} {mask_phone_numbers(error)[:80]}{replayed}")
+
+
+@dlq.command("list")
+@click.option("--source", type=click.Choice(["ingest", "call"]), default=None)
+@click.option("--since", default=None, help="ISO time, or an age like 2h, 7d.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@json_option
+@run_async
+async def dlq_list(source: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    moment = parse_time(since) if since else None
+    letters = await with_db(lambda c: db.list_dead_letters(c, source=source, since=moment,
+                                                           limit=limit))
+    if as_json:
+        print_json([letter.to_json() for letter in letters])
+    elif not letters:
+        click.echo("no dead letters")
+    else:
+        for letter in letters:
+            click.echo(_letter_line(letter))
+
+
+async def _letter(conn: asyncpg.Connection, letter_id: int) -> DeadLetter:
+    letter = await db.get_dead_letter(conn, letter_id)
+    if letter is None:
+        raise BadInput(f"no dead letter {letter_id}")
+    return letter
+
+
+@dlq.command("show")
+@click.argument("letter_id", type=int)
+@run_async
+async def dlq_show(letter_id: int) -> None:
+    """One dead letter in full, as JSON."""
+    letter = await with_db(lambda conn: _letter(conn, letter_id))
+    print_json(letter.to_json())
+
+
+@dlq.command("replay")
+@click.argument("letter_id", type=int, required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Every letter not replayed yet.")
+@run_async
+async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
+    """Replay a letter (or all): ingest letters go back on the stream, call letters are
+    called again. A letter whose cause is not fixed is refused, and says why."""
+    from arq.connections import RedisSettings, create_pool
+
+    from worker.replay import ReplayRefused, replay
+
+    if (letter_id is None) == (not replay_all):
+        raise BadInput("give one letter ID or --all")
+    settings = current_settings()
+    redis_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    conn = await db.connect(settings.database_url)
+    refused = 0
+    try:
+        if replay_all:
+            letters = await db.list_dead_letters(conn, include_replayed=False, limit=100_000)
+        else:
+            assert letter_id is not None
+            letters = [await _letter(conn, letter_id)]
+        for letter in letters:
+            try:
+                done = await replay(conn, redis_pool, settings, letter)
+                click.echo(f"replayed {letter.id}: {done}")
+            except ReplayRefused as exc:
+                refused += 1
+                click.echo(f"voicealert: not replayed: {mask_phone_numbers(str(exc))}", err=True)
+        if replay_all:
+            click.echo(f"{len(letters) - refused} replayed, {refused} refused")
+    finally:
+        await conn.close()
+        await redis_pool.aclose()
+    if refused:
+        sys.exit(1)
+
+
+@dlq.command("purge")
+@click.argument("letter_id", type=int, required=False)
+@click.option("--all", "purge_all", is_flag=True, help="Every letter.")
+@click.option("--older-than", default=None, help="An age like 30d: letters older than it.")
+@run_async
+async def dlq_purge(letter_id: int | None, purge_all: bool, older_than: str | None) -> None:
+    """Delete a letter, all letters, or those older than an age."""
+    if sum([letter_id is not None, purge_all, older_than is not None]) != 1:
+        raise BadInput("give exactly one of: a letter ID, --all, --older-than AGE")
+    cutoff = datetime.now(UTC) - parse_age(older_than) if older_than else None
+    count = await with_db(lambda c: db.purge_dead_letters(c, letter_id=letter_id,
+                                                          older_than=cutoff))
+    if letter_id is not None and count == 0:
+        raise BadInput(f"no dead letter {letter_id}")
+    click.echo(f"purged {count} dead letter{'s' if count != 1 else ''}")
