@@ -25,6 +25,7 @@ from worker.models import (
     CallJob,
     CallStatus,
     CallUpdate,
+    StatusSource,
 )
 from worker.outcomes import after_status_change, record_provider_call, schedule_poll
 from worker.providers import (
@@ -60,7 +61,8 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         return "already-placed"
     if call.alert_status in TERMINAL_ALERT_STATUSES:
         await db.advance_call(s.db, call.id, CallUpdate(
-            status=CallStatus.CANCELED, error_message="alert resolved before the call was placed"))
+            status=CallStatus.CANCELED, source=StatusSource.CANCEL,
+            error_message="alert resolved before the call was placed"))
         bound.info("call.canceled", reason="alert resolved")
         return "canceled"
     now = datetime.now(UTC)
@@ -108,7 +110,7 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
 
 async def _dial(s: Services, call: CallJob, job_try: int) -> str:
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
-    attempt = await db.start_attempt(s.db, call.id)
+    attempt = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
     if attempt is None:
         return "not-dialable"
     bound.info("call.dialing", to=call.phone, attempt=attempt)
@@ -119,7 +121,7 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
         await _fail_permanently(s, call, attempt, exc)
         return "failed"
     except ThrottledProviderError as exc:
-        await db.return_to_pending(s.db, call.id, exc.code, str(exc))
+        await db.return_to_pending(s.db, call.id, exc.code, str(exc), StatusSource.WORKER)
         delay = await _retry_delay(s, attempt)
         bound.warning("call.throttled", code=exc.code, error=str(exc), retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
@@ -145,7 +147,8 @@ async def _fail_permanently(
     s: Services, call: CallJob, attempt: int, exc: PermanentProviderError
 ) -> None:
     await db.advance_call(s.db, call.id, CallUpdate(
-        status=CallStatus.FAILED, error_code=exc.code, error_message=str(exc)))
+        status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
+        error_message=str(exc)))
     await db.insert_dead_letters(s.db, [call_letter(
         call.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
         payload=_letter_payload(call) | {"http_status": exc.http_status, "code": exc.code})])
@@ -161,7 +164,7 @@ async def _give_up(
     s: Services, call: CallJob, reason: Literal["stale", "exhausted"], error: str
 ) -> None:
     changed = await db.advance_call(s.db, call.id, CallUpdate(
-        status=CallStatus.FAILED, error_message=error))
+        status=CallStatus.FAILED, source=StatusSource.WORKER, error_message=error))
     if changed:
         await db.insert_dead_letters(s.db, [call_letter(
             call.id, call.attempts, reason=reason, error=error, payload=_letter_payload(call))])

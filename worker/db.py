@@ -4,6 +4,9 @@ Reading this file top to bottom tells what the service does to Postgres: groups,
 their calls, duplicate bookkeeping, call status updates (monotonic), dead letters. The rows
 it returns are the dataclasses of ``worker.models``; statuses are passed as parameters from
 its enums, so the SQL spells no status of its own.
+
+Every statement that changes ``calls.status`` also writes the change to ``call_events``, in
+the same statement (a data-modifying CTE), with the ``StatusSource`` its caller gives.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from worker.models import (
     TERMINAL_ALERT_STATUSES,
     AlertProgress,
     AlertStatus,
+    CallEvent,
     CallJob,
     CallRef,
     CallRow,
@@ -33,6 +37,7 @@ from worker.models import (
     LiveCall,
     NewAlert,
     NewDeadLetter,
+    StatusSource,
     StoredAlert,
 )
 
@@ -136,7 +141,9 @@ async def delete_group(db: Executor, tenant: str, name: str) -> bool:
 # --- alerts and their calls ---------------------------------------------------------------
 
 
-async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Member]) -> StoredAlert:
+async def create_alert(
+    conn: Connection, alert: NewAlert, members: Sequence[Member], source: StatusSource
+) -> StoredAlert:
     """The alert row and one pending call per member, in one transaction, idempotent on the
     event: a redelivered event returns the rows it created the first time (``created`` is
     False), except that an event which rang nobody is taken up again."""
@@ -183,15 +190,21 @@ async def create_alert(conn: Connection, alert: NewAlert, members: Sequence[Memb
         if created and members:
             await conn.execute(
                 """
-                INSERT INTO calls (alert, position, member_name, phone)
-                SELECT $1, m.position, m.name, m.phone
-                FROM unnest($2::int[], $3::text[], $4::text[]) AS m(position, name, phone)
-                ON CONFLICT (alert, position) DO NOTHING
+                WITH inserted AS (
+                    INSERT INTO calls (alert, position, member_name, phone)
+                    SELECT $1, m.position, m.name, m.phone
+                    FROM unnest($2::int[], $3::text[], $4::text[]) AS m(position, name, phone)
+                    ON CONFLICT (alert, position) DO NOTHING
+                    RETURNING id, status
+                )
+                INSERT INTO call_events (call, status, source)
+                SELECT id, status, $5 FROM inserted ORDER BY id
                 """,
                 alert_pk,
                 list(range(len(members))),
                 [m.name for m in members],
                 [m.phone for m in members],
+                source,
             )
         calls = await conn.fetch(
             "SELECT id, position, status FROM calls WHERE alert = $1 ORDER BY position",
@@ -236,7 +249,9 @@ async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> No
     )
 
 
-async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCall]:
+async def resolve_alert(
+    db: Executor, tenant: str, alert_id: str, source: StatusSource
+) -> list[LiveCall]:
     """Mark the alert's open rows resolved and cancel its calls not yet dialed.
 
     Returns the calls already at the provider and not answered, for the caller to cancel there.
@@ -249,9 +264,12 @@ async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCa
             RETURNING id
         ), canceled AS (
             UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
-                             error_message = 'alert resolved before the call was placed'
+                             error_message = $9
             WHERE alert IN (SELECT id FROM resolved) AND status = $6
-            RETURNING id
+            RETURNING id, status
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $8, $9 FROM canceled ORDER BY id
         )
         SELECT c.id, c.provider_sid, c.status FROM calls c
         WHERE c.alert IN (SELECT id FROM resolved)
@@ -265,6 +283,8 @@ async def resolve_alert(db: Executor, tenant: str, alert_id: str) -> list[LiveCa
         CallStatus.CANCELED,
         CallStatus.PENDING,
         [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
+        source,
+        "alert resolved before the call was placed",
     )
     return [
         LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
@@ -289,37 +309,56 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
                       "alert_status": AlertStatus(row["alert_status"])})
 
 
-async def start_attempt(db: Executor, call_id: int) -> int | None:
+async def start_attempt(db: Executor, call_id: int, source: StatusSource) -> int | None:
     """Record an attempt before the POST (the lookup after an ambiguous failure starts from
-    its time). Returns the attempt number, or None when the call is no longer dialable."""
+    its time). Returns the attempt number, or None when the call is no longer dialable.
+
+    Each attempt is a call event, a second one too (``dialing`` again): a second POST for
+    the same call is worth seeing in its history."""
     value = await db.fetchval(
         """
-        UPDATE calls
-        SET status = $2, attempts = attempts + 1, attempt_started_at = now(),
-            updated_at = now()
-        WHERE id = $1 AND status = ANY($3::text[])
-        RETURNING attempts
+        WITH attempt AS (
+            UPDATE calls
+            SET status = $2, attempts = attempts + 1, attempt_started_at = now(),
+                updated_at = now()
+            WHERE id = $1 AND status = ANY($3::text[])
+            RETURNING id, status, attempts
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $4, 'attempt ' || attempts FROM attempt
+        )
+        SELECT attempts FROM attempt
         """,
         call_id,
         CallStatus.DIALING,
         [CallStatus.PENDING, CallStatus.DIALING],
+        source,
     )
     return int(value) if value is not None else None
 
 
-async def return_to_pending(db: Executor, call_id: int, error_code: int | None, error: str) -> None:
+async def return_to_pending(
+    db: Executor, call_id: int, error_code: int | None, error: str, source: StatusSource
+) -> None:
     """The provider certainly did not create the call (throttled, connection refused)."""
     await db.execute(
         """
-        UPDATE calls SET status = $4, error_code = $2, error_message = $3,
-                         updated_at = now()
-        WHERE id = $1 AND status = $5
+        WITH returned AS (
+            UPDATE calls SET status = $4, error_code = $2, error_message = $3,
+                             updated_at = now()
+            WHERE id = $1 AND status = $5
+            RETURNING id, status
+        )
+        INSERT INTO call_events (call, status, source, detail)
+        SELECT id, status, $6, $7 FROM returned
         """,
         call_id,
         error_code,
         error,
         CallStatus.PENDING,
         CallStatus.DIALING,
+        source,
+        _detail(error_code, error),
     )
 
 
@@ -341,16 +380,21 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
     status. Returns True when the row changed."""
     result = await db.execute(
         """
-        UPDATE calls SET
-            status = $2,
-            provider_sid = coalesce(provider_sid, $3),
-            duration_s = coalesce($4, duration_s),
-            answered_by = coalesce($5, answered_by),
-            error_code = coalesce($6, error_code),
-            error_message = coalesce($7, error_message),
-            updated_at = now(),
-            ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
-        WHERE id = $1 AND call_status_rank(status) < call_status_rank($2)
+        WITH advanced AS (
+            UPDATE calls SET
+                status = $2,
+                provider_sid = coalesce(provider_sid, $3),
+                duration_s = coalesce($4, duration_s),
+                answered_by = coalesce($5, answered_by),
+                error_code = coalesce($6, error_code),
+                error_message = coalesce($7, error_message),
+                updated_at = now(),
+                ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
+            WHERE id = $1 AND call_status_rank(status) < call_status_rank($2)
+            RETURNING id, status
+        )
+        INSERT INTO call_events (call, status, source, detail)
+        SELECT id, status, $8, $9 FROM advanced
         """,
         call_id,
         update.status,
@@ -359,8 +403,17 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
         update.answered_by,
         update.error_code,
         update.error_message,
+        update.source,
+        _detail(update.error_code, update.error_message),
     )
-    return bool(result == "UPDATE 1")
+    return bool(result == "INSERT 0 1")
+
+
+def _detail(error_code: int | None, error_message: str | None) -> str | None:
+    """What a call event says about an error: the provider's code and message."""
+    if error_code is None:
+        return error_message
+    return f"{error_code}: {error_message}" if error_message else str(error_code)
 
 
 async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
@@ -419,14 +472,25 @@ async def set_alert_status(db: Executor, alert_pk: int, status: AlertStatus) -> 
     return bool(result == "UPDATE 1")
 
 
-async def cancel_pending_calls(db: Executor, alert_pk: int, reason: str) -> int:
+async def cancel_pending_calls(
+    db: Executor, alert_pk: int, reason: str, source: StatusSource
+) -> int:
     result = await db.execute(
-        "UPDATE calls SET status = $3, error_message = $2, updated_at = now(),"
-        " ended_at = now() WHERE alert = $1 AND status = $4",
+        """
+        WITH canceled AS (
+            UPDATE calls SET status = $3, error_message = $2, updated_at = now(),
+                             ended_at = now()
+            WHERE alert = $1 AND status = $4
+            RETURNING id, status
+        )
+        INSERT INTO call_events (call, status, source, detail)
+        SELECT id, status, $5, $2 FROM canceled ORDER BY id
+        """,
         alert_pk,
         reason,
         CallStatus.CANCELED,
         CallStatus.PENDING,
+        source,
     )
     return int(result.split()[-1])
 
@@ -550,7 +614,9 @@ async def alert_group_name(db: Executor, alert_pk: int) -> str:
     return str(await db.fetchval("SELECT group_name FROM alerts WHERE id = $1", alert_pk))
 
 
-async def add_replay_call(db: Executor, alert_pk: int, member_name: str, phone: str) -> int:
+async def add_replay_call(
+    db: Executor, alert_pk: int, member_name: str, phone: str, source: StatusSource, detail: str
+) -> int:
     """A replayed call is a new row after the alert's last one: the failed row keeps its
     history (a terminal status never moves back), and the alert is calling again."""
     call_id = await db.fetchval(
@@ -559,15 +625,36 @@ async def add_replay_call(db: Executor, alert_pk: int, member_name: str, phone: 
             UPDATE alerts SET status = $4, updated_at = now()
             WHERE id = $1 AND NOT status = ANY($5::text[])
             RETURNING id
+        ), inserted AS (
+            INSERT INTO calls (alert, position, member_name, phone)
+            SELECT $1, (SELECT max(position) + 1 FROM calls WHERE alert = $1), $2, $3
+            RETURNING id, status
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $6, $7 FROM inserted
         )
-        INSERT INTO calls (alert, position, member_name, phone)
-        SELECT $1, (SELECT max(position) + 1 FROM calls WHERE alert = $1), $2, $3
-        RETURNING id
+        SELECT id FROM inserted
         """,
         alert_pk,
         member_name,
         phone,
         AlertStatus.CALLING,
         list(TERMINAL_ALERT_STATUSES),
+        source,
+        detail,
     )
     return int(call_id)
+
+
+async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
+    """A call's status history, oldest first."""
+    rows = await db.fetch(
+        "SELECT id, call, status, source, detail, at FROM call_events WHERE call = $1"
+        " ORDER BY id",
+        call_id,
+    )
+    return [
+        CallEvent(id=r["id"], call=r["call"], status=CallStatus(r["status"]),
+                  source=StatusSource(r["source"]), detail=r["detail"], at=r["at"])
+        for r in rows
+    ]

@@ -20,7 +20,7 @@ from worker import db
 from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
-from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert
+from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert, StatusSource
 from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
 from worker.queue import CANCEL_CALL
 from worker.services import Services
@@ -78,7 +78,7 @@ class FanOut:
 
     async def _resolve(self, parsed: ParsedEvent) -> None:
         event = parsed.event
-        live = await db.resolve_alert(self.s.db, event.tenant, event.alert_id)
+        live = await db.resolve_alert(self.s.db, event.tenant, event.alert_id, StatusSource.CANCEL)
         await self.s.dedup.clear(event.tenant, event.alert_id)
         for call in live:
             await self.s.schedule(CANCEL_CALL, "cancel", call.id)
@@ -173,7 +173,7 @@ class FanOut:
 
     async def _record_no_calls(self, parsed: ParsedEvent, status: AlertStatus) -> None:
         async with self.s.db.acquire() as conn:
-            await db.create_alert(conn, self._new_alert(parsed, status), [])
+            await db.create_alert(conn, self._new_alert(parsed, status), [], StatusSource.WORKER)
         unknown = status == AlertStatus.UNKNOWN_GROUP
         log.warning("alert.unknown_group" if unknown else "alert.empty_group",
                     alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
@@ -184,7 +184,8 @@ class FanOut:
         parsed = item.parsed
         async with self.s.db.acquire() as conn:
             stored = await db.create_alert(
-                conn, self._new_alert(parsed, AlertStatus.CALLING), item.members
+                conn, self._new_alert(parsed, AlertStatus.CALLING), item.members,
+                StatusSource.WORKER,
             )
             if stored.status != AlertStatus.CALLING:
                 return []

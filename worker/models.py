@@ -1,8 +1,9 @@
 """The vocabulary of the database: status enums with their sets, and the rows ``db`` returns.
 
 One spelling per status: the SQL CHECK lists of the migrations, ``call_status_rank`` and
-these enums are compared by a test (tests/integration/test_status_vocabulary.py), so a
-status added in one place and forgotten in another fails the suite.
+these enums (statuses and status sources) are compared by a test
+(tests/integration/test_status_vocabulary.py), so a status added in one place and
+forgotten in another fails the suite.
 """
 
 from __future__ import annotations
@@ -45,6 +46,17 @@ ANSWERED_CALL_STATUSES = frozenset({CallStatus.IN_PROGRESS, CallStatus.COMPLETED
 LIVE_PROVIDER_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
 #: At the provider and not answered yet: a resolve cancels these there.
 UNANSWERED_CALL_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING})
+
+
+class StatusSource(StrEnum):
+    """Who changed a call's status (``call_events.source``)."""
+
+    WORKER = "worker"  # placing the call, and the worker's own decisions (new rows, escalation)
+    POLL = "poll"  # poll_call read it from the provider
+    CALLBACK = "callback"  # a provider status callback reached the web process
+    CANCEL = "cancel"  # a resolve canceled the call (here or at the provider)
+    OPERATOR = "operator"  # an operator's command (DLQ replay)
+    SWEEPER = "sweeper"  # the sweeper repaired a call left behind
 
 
 class AlertStatus(StrEnum):
@@ -164,11 +176,24 @@ class CallJob:
 @dataclass(frozen=True)
 class CallUpdate:
     status: CallStatus
+    source: StatusSource  # recorded in call_events with the change
     provider_sid: str | None = None
     duration_s: int | None = None
     answered_by: str | None = None
     error_code: int | None = None
     error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class CallEvent:
+    """One change of a call's status, as ``call_events`` records it."""
+
+    id: int
+    call: int
+    status: CallStatus
+    source: StatusSource
+    detail: str | None
+    at: datetime
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from worker.models import (
     CallJob,
     CallStatus,
     CallUpdate,
+    StatusSource,
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
 from worker.queue import POLL_CALL
@@ -43,19 +44,22 @@ async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall)
     """Attach the provider's call to our row, follow it, and cancel it if the alert was
     resolved while we were dialing."""
     await db.record_provider_sid(s.db, call.id, placed.sid)
-    await apply_status(s, call, placed)
+    await apply_status(s, call, placed, StatusSource.WORKER)
     fresh = await db.get_call(s.db, call.id)
     resolved = fresh is not None and fresh.alert_status in TERMINAL_ALERT_STATUSES
     if fresh is not None and resolved and fresh.status in UNANSWERED_CALL_STATUSES:
-        await cancel_at_provider(s, fresh, placed.sid)
+        await cancel_at_provider(s, fresh, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
 
 
-async def apply_status(s: Services, call: CallJob, observed: ProviderCall) -> bool:
+async def apply_status(
+    s: Services, call: CallJob, observed: ProviderCall, source: StatusSource
+) -> bool:
     # The provider's word, in our vocabulary (an unknown status raises here, before any write).
     changed = await db.advance_call(s.db, call.id, CallUpdate(
         status=CallStatus(observed.status),
+        source=source,
         provider_sid=observed.sid,
         duration_s=observed.duration_s,
         answered_by=observed.answered_by,
@@ -74,7 +78,8 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
         return
     if progress.answered:
         if progress.mode == "sequential":
-            await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member")
+            await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member",
+                                          StatusSource.WORKER)
         if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
@@ -104,7 +109,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     except ProviderError as exc:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
         raise Retry(defer=_poll_delay(job_try)) from exc
-    await apply_status(s, call, observed)
+    await apply_status(s, call, observed, StatusSource.POLL)
     if observed.status in TERMINAL_CALL_STATUSES:
         return observed.status
     started = call.attempt_started_at or call.created_at
@@ -114,7 +119,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         else s.settings.max_call_duration_s
     )
     if datetime.now(UTC) - started > timedelta(seconds=limit):
-        await cancel_at_provider(s, call, call.provider_sid)
+        await cancel_at_provider(s, call, call.provider_sid, StatusSource.POLL)
         await _end_unknown(s, call, f"no final status from the provider within {limit:.0f}s")
         return "timed-out"
     raise Retry(defer=_poll_delay(job_try))
@@ -125,19 +130,22 @@ def _poll_delay(job_try: int) -> float:
 
 
 async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
-    if await db.advance_call(s.db, call.id, CallUpdate(status=CallStatus.FAILED,
-                                                       error_message=reason)):
+    """poll_call gives up on a call the provider lost or never ended."""
+    if await db.advance_call(s.db, call.id, CallUpdate(
+            status=CallStatus.FAILED, source=StatusSource.POLL, error_message=reason)):
         log.error("call.lost", call=call.id, alert=call.alert, error=reason)
         await after_status_change(s, call.alert)
 
 
-async def cancel_at_provider(s: Services, call: CallJob, sid: str) -> None:
+async def cancel_at_provider(
+    s: Services, call: CallJob, sid: str, source: StatusSource
+) -> None:
     try:
         observed = await s.provider.cancel_call(sid)
     except ProviderError as exc:
         log.warning("call.cancel_failed", call=call.id, sid=sid, error=str(exc))
         return
-    await apply_status(s, call, observed)
+    await apply_status(s, call, observed, source)
     log.info("call.cancel_requested", call=call.id, sid=sid, status=observed.status)
 
 
@@ -152,5 +160,5 @@ async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
         if int(ctx.get("job_try", 1)) < 20:
             raise Retry(defer=0.5)
         return "no-sid"
-    await cancel_at_provider(s, call, call.provider_sid)
+    await cancel_at_provider(s, call, call.provider_sid, StatusSource.CANCEL)
     return "canceled"

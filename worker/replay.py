@@ -17,7 +17,7 @@ from worker.db import Connection
 from worker.dead_letters import entry_from_payload
 from worker.entries import Fields, InvalidEntry, parse_entry
 from worker.keys import Keys
-from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter
+from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter, StatusSource
 from worker.services import schedule_calls
 
 # Twilio errors about the number itself: replaying the same number fails again.
@@ -109,7 +109,10 @@ async def _prepare_call_replay(
         )
 
     async def action() -> str:
-        new_call = await db.add_replay_call(conn, call.alert, call.member_name, member.phone)
+        new_call = await db.add_replay_call(
+            conn, call.alert, call.member_name, member.phone, StatusSource.OPERATOR,
+            f"replay of dead letter {letter.id}",
+        )
         await schedule_calls(redis, settings, [new_call])
         return f"call {new_call} queued for {call.member_name}"
 

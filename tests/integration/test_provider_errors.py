@@ -19,7 +19,7 @@ from tests.fake_twilio import FakeTwilio, RecordedRequest
 from tests.helpers import alert_status, calls_of, fire, make_group, wait_for
 from worker import db
 from worker.config import Settings, load_settings
-from worker.models import AlertStatus, DeadLetter, NewAlert
+from worker.models import AlertStatus, DeadLetter, NewAlert, StatusSource
 
 GROUP_50 = [f"+1415555{n:04d}" for n in range(50)]
 
@@ -279,7 +279,7 @@ async def _alert_with_calls(
         message="Primary database is down", mode="parallel", status=AlertStatus.CALLING,
         dedup_window_s=300, metadata={}, event_id=alert_id, stream_id="0-1",
     )
-    stored = await db.create_alert(conn, alert, members)
+    stored = await db.create_alert(conn, alert, members, StatusSource.WORKER)
     return [c.id for c in stored.calls]
 
 

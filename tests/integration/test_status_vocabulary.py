@@ -11,7 +11,7 @@ import re
 
 import asyncpg
 
-from worker.models import TERMINAL_CALL_STATUSES, AlertStatus, CallStatus
+from worker.models import TERMINAL_CALL_STATUSES, AlertStatus, CallStatus, StatusSource
 
 
 async def check_list(conn: asyncpg.Connection, table: str, column: str) -> set[str]:
@@ -32,6 +32,11 @@ async def check_list(conn: asyncpg.Connection, table: str, column: str) -> set[s
 
 async def test_call_statuses_are_the_calls_check_list(db_conn: asyncpg.Connection) -> None:
     assert await check_list(db_conn, "calls", "status") == {s.value for s in CallStatus}
+
+
+async def test_call_events_know_every_call_status_and_source(db_conn: asyncpg.Connection) -> None:
+    assert await check_list(db_conn, "call_events", "status") == {s.value for s in CallStatus}
+    assert await check_list(db_conn, "call_events", "source") == {s.value for s in StatusSource}
 
 
 async def test_alert_statuses_are_the_alerts_check_list(db_conn: asyncpg.Connection) -> None:
