@@ -61,6 +61,16 @@ def worker() -> None:
     sys.exit(run_worker(settings))
 
 
+@cli.command()
+def web() -> None:
+    """Run the web process: health and readiness now, webhooks and the API as they come."""
+    from worker.web import run_web
+
+    settings = current_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    sys.exit(run_web(settings))
+
+
 # --- entry point --------------------------------------------------------------------------
 
 

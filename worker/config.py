@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import difflib
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -72,6 +73,14 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("VOICEALERT_PROVIDER")
     )
     public_url: str | None = Field(default=None, validation_alias=_env("VOICEALERT_PUBLIC_URL"))
+    # The web process binds here. PORT (set by Heroku and honcho for the Procfile's web line)
+    # is read when VOICEALERT_WEB_PORT is not set.
+    web_host: str = Field(
+        default="127.0.0.1", min_length=1, validation_alias=_env("VOICEALERT_WEB_HOST")
+    )
+    web_port: int = Field(
+        default=8080, ge=1, le=65535, validation_alias=_env("VOICEALERT_WEB_PORT", "PORT")
+    )
     calls_per_second: float = Field(
         default=1.0, gt=0, le=1000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
     )
@@ -127,6 +136,11 @@ class Settings(BaseSettings):
         parse_outcomes(value)
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_public_url(value)
+
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:
         if self.provider is None:
@@ -167,6 +181,33 @@ class Settings(BaseSettings):
         return self.provider or "simulated"
 
 
+def check_public_url(url: str) -> str:
+    """The public base URL Twilio calls back: absolute https (http only for a loopback host,
+    for local tests), no query or fragment. Returned without its trailing slash."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an absolute https:// URL, like https://alerts.example.com")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError("must use https (http is allowed only for a loopback host such as "
+                         "localhost or 127.0.0.1)")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must be a base URL, without credentials, query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return urlunsplit(parts).rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _known_variables() -> set[str]:
     names: set[str] = set()
     for field_name, info in Settings.model_fields.items():
@@ -202,6 +243,30 @@ def _variable_for(field_name: str) -> str:
     return f"VOICEALERT_{field_name.upper()}"
 
 
+def _variables_for(field_name: str) -> list[str]:
+    """The variables a setting reads, in order of precedence."""
+    info = Settings.model_fields[field_name]
+    if isinstance(info.validation_alias, AliasChoices):
+        return [str(choice).upper() for choice in info.validation_alias.choices]
+    return [f"VOICEALERT_{field_name.upper()}"]
+
+
+def _variable_given(field_name: str, env: Mapping[str, str]) -> str | None:
+    """The variable ``env`` sets for this setting (the first in precedence), if any."""
+    return next((v for v in _variables_for(field_name) if v in env), None)
+
+
+def _variable_named_in(loc: str, env: Mapping[str, str]) -> str:
+    """The variable an error about ``loc`` (a setting or one of its variables) is about:
+    the one the operator set, so the error names what they wrote."""
+    for field_name in Settings.model_fields:
+        names = _variables_for(field_name)
+        if loc == field_name or loc.upper() in names:
+            upper_env = {k.upper() for k in env}
+            return next((v for v in names if v in upper_env), names[0])
+    return _variable_for(loc)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ`` (default: the process environment), or ConfigError."""
     env = dict(os.environ if environ is None else environ)
@@ -213,7 +278,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values = {
             field: env[var]
             for field in Settings.model_fields
-            if (var := _variable_for(field)) in env
+            if (var := _variable_given(field, env)) is not None
         }
         # (BaseSettings.model_validate would still merge os.environ in: switch that off.)
         token = _READ_PROCESS_ENVIRONMENT.set(False)
@@ -224,7 +289,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first.get("loc") or ()
-        where = _variable_for(str(loc[0])) if loc else "configuration"
+        where = _variable_named_in(str(loc[0]), env) if loc else "configuration"
         # The message only, never the input: the input may be a secret.
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid {where}: {message}") from None

@@ -244,3 +244,54 @@ def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
 def test_bad_simulated_outcome_fails_at_start_naming_the_variable() -> None:
     with pytest.raises(ConfigError, match="VOICEALERT_SIMULATED_OUTCOMES"):
         load_settings({"VOICEALERT_SIMULATED_OUTCOMES": "+14155550100=ringing"})
+
+
+def test_web_process_binds_loopback_8080_by_default() -> None:
+    settings = load_settings({})
+    assert (settings.web_host, settings.web_port) == ("127.0.0.1", 8080)
+
+
+def test_web_port_falls_back_to_port_as_heroku_and_honcho_set_it() -> None:
+    assert load_settings({"PORT": "5100"}).web_port == 5100
+    assert load_settings({"PORT": "5100", "VOICEALERT_WEB_PORT": "9000"}).web_port == 9000
+
+
+def test_bad_port_names_the_variable_that_was_set() -> None:
+    assert config_error({"PORT": "http"}).startswith("invalid PORT:")
+    assert config_error({"VOICEALERT_WEB_PORT": "70000"}).startswith("invalid VOICEALERT_WEB_PORT:")
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://alerts.example.com", "https://alerts.example.com"),
+        ("https://alerts.example.com/voicealert/", "https://alerts.example.com/voicealert"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:8080/", "http://localhost:8080"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_public_url_accepts_https_and_loopback_http(url: str, kept: str) -> None:
+    assert load_settings({"VOICEALERT_PUBLIC_URL": url}).public_url == kept
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://alerts.example.com",  # plain http off the machine: callbacks readable in transit
+        "http://10.0.0.5:8080",
+        "alerts.example.com",
+        "/twilio",
+        "ftp://alerts.example.com",
+        "https://",
+        "https://user:secret@alerts.example.com",
+        "https://alerts.example.com/?token=1",
+        "https://alerts.example.com/#x",
+        "https://alerts.example.com:99999",
+        "",
+    ],
+)
+def test_public_url_that_twilio_could_not_call_safely_fails_with_one_line(url: str) -> None:
+    line = config_error({"VOICEALERT_PUBLIC_URL": url})
+    assert line.startswith("invalid VOICEALERT_PUBLIC_URL: ")
+    assert "secret" not in line
