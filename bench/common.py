@@ -19,7 +19,7 @@ import asyncpg
 import redis
 
 from schema import Member
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from worker import db
 from worker.migrate import maintenance_url, migrate
 

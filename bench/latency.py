@@ -23,7 +23,7 @@ from bench.common import (
     worker_processes,
 )
 from producers import AlertProducer
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 
 
 async def fire_spaced(count: int) -> list[float]:

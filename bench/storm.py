@@ -19,7 +19,7 @@ import redis
 
 from bench.common import BENCH_REDIS, fresh_state, set_group, worker_env, worker_processes
 from producers import AlertProducer
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 
 PHONES = [f"+1415555{i:04d}" for i in range(100, 105)]
 

@@ -22,7 +22,7 @@ import redis
 import redis.asyncio
 from arq.connections import ArqRedis, create_pool
 
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import (
     DATABASE_URL,
     FROM_NUMBER,

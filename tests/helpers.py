@@ -26,7 +26,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from producers import AlertProducer
 from schema import Member
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from worker import db
 from worker.config import Settings
 from worker.keys import Keys

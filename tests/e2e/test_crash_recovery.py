@@ -20,8 +20,8 @@ import asyncpg
 import redis.asyncio
 
 from producers import build_event
+from testing.fake_twilio import FakeTwilio
 from tests.e2e.workers import SpawnWorker, WorkerProc
-from tests.fake_twilio import FakeTwilio
 from tests.helpers import fire, make_group, stream_drained, wait_for
 from worker import db
 from worker.app import IN_PROGRESS_MARGIN_S

@@ -18,8 +18,8 @@ import redis.asyncio
 
 from producers import AlertProducer
 from scripts.services import ThrowawayPostgres, ThrowawayRedis
+from testing.fake_twilio import FakeTwilio
 from tests.e2e.workers import SpawnWorker
-from tests.fake_twilio import FakeTwilio
 from tests.helpers import make_group, wait_for
 from worker import db
 from worker.keys import Keys

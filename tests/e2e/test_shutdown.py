@@ -13,8 +13,8 @@ from collections import Counter
 
 import asyncpg
 
+from testing.fake_twilio import FakeTwilio
 from tests.e2e.workers import SpawnWorker
-from tests.fake_twilio import FakeTwilio
 from tests.helpers import fire, make_group, wait_for
 from worker import db
 from worker.config import Settings

@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import PHONES, alert_status, calls_of, fire, make_group, wait_for
 from worker.config import Settings
 

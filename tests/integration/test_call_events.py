@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from arq.connections import ArqRedis
 
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import PHONES, calls_of, fire, make_group, resolve, wait_for
 from worker import db
 from worker.config import Settings, load_settings

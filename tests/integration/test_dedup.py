@@ -8,7 +8,7 @@ import asyncpg
 from arq.connections import ArqRedis
 
 from producers import AlertProducer
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
     alert_rows,

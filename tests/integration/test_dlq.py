@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from producers import AlertProducer
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import make_group, wait_for
 from worker import db
 from worker.config import Settings

@@ -26,8 +26,8 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
-from tests.fake_twilio import FakeTwilio
-from tests.fake_twilio_play import APPLICATION_ERROR
+from testing.fake_twilio import FakeTwilio
+from testing.fake_twilio_play import APPLICATION_ERROR
 from tests.helpers import wait_for
 
 PHONE = "+14155550100"

@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 
 from producers import AlertProducer
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import FROM_NUMBER, PHONES, all_calls_completed, make_group, wait_for
 from worker import db
 from worker.config import Settings

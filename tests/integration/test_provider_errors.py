@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from schema import Member
-from tests.fake_twilio import FakeTwilio, RecordedRequest
+from testing.fake_twilio import FakeTwilio, RecordedRequest
 from tests.helpers import alert_status, calls_of, fire, make_group, wait_for
 from worker import db
 from worker.config import Settings, load_settings

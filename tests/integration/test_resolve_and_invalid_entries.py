@@ -7,7 +7,7 @@ from typing import Any
 import asyncpg
 from arq.connections import ArqRedis
 
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
     alert_status,

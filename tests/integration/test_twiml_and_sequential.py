@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from tests.fake_twilio import FakeTwilio
+from testing.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
     alert_status,

@@ -17,7 +17,7 @@ application about that history, at the moments the clock reaches each state:
 
 - **Status callbacks** (``StatusCallback`` + ``StatusCallbackEvent``, default
   ``completed`` only; ``StatusCallbackMethod`` default POST), signed with the
-  auth token as Twilio signs them (tests/fake_twilio_webhooks.py). Parameters:
+  auth token as Twilio signs them (testing/fake_twilio_webhooks.py). Parameters:
   ``CallSid AccountSid From To Called Caller CallStatus Direction ApiVersion
   CallbackSource=call-progress-events SequenceNumber`` (0, 1, 2... per call, in
   firing order) ``Timestamp`` (RFC 2822, when the event fired); on
@@ -35,7 +35,7 @@ application about that history, at the moments the clock reaches each state:
   and completed when it hangs up; a call canceled while queued sends only
   completed. Knobs: delivery order, duplicates, sending (and awaiting)
   initiated+ringing before the create response; never a retry.
-- **TwiML play** (``play_twiml``; tests/fake_twilio_play.py): an answered call
+- **TwiML play** (``play_twiml``; testing/fake_twilio_play.py): an answered call
   plays its ``Twiml`` (or the TwiML its ``Url`` answers, fetched with ``Method``,
   signed) instead of lasting ``talk_s``; scripted keypresses land in a
   ``<Gather>`` only while it is active and are POSTed, signed, to its action;
@@ -78,14 +78,14 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from tests.fake_twilio_play import (
+from testing.fake_twilio_play import (
     ApplicationError,
     Fetched,
     Player,
     PlayEvent,
     PlayTiming,
 )
-from tests.fake_twilio_webhooks import (
+from testing.fake_twilio_webhooks import (
     CALLBACK_ORDERS,
     CallbackOutbox,
     CallbackPlan,
@@ -739,7 +739,7 @@ class FakeTwilio:
 
         The press belongs to the call to ``phone`` now playing, else to the next
         one a human answers (every one with ``every_call``); it counts only if a
-        ``<Gather>`` is active at that moment (see tests/fake_twilio_play.py).
+        ``<Gather>`` is active at that moment (see testing/fake_twilio_play.py).
         A press scripted for a moment already past lands now.
         """
         if not digits or not _DTMF.match(digits):
