@@ -13,6 +13,8 @@ the process comes up while Redis or Postgres is down, and ``/readyz`` says so.
 Routes of a feature live in the feature's module, which exposes ``add_routes``::
 
     # worker/webhooks.py
+    from worker.web_support import DB
+
     def add_routes(app: web.Application) -> None:
         app.router.add_post("/twilio/status", status_callback)
 
@@ -20,9 +22,11 @@ Routes of a feature live in the feature's module, which exposes ``add_routes``::
         pool = request.app[DB]
         ...
 
-and is listed in ``FEATURES`` below. Every error answers JSON (404, 405, 500 included), never
-HTML and never a traceback. SIGTERM or SIGINT stops accepting connections, lets requests in
-flight finish for up to ``SHUTDOWN_TIMEOUT_S``, closes the resources and exits 0.
+and is listed in ``FEATURES`` below. Feature modules import the keys and ``error_response``
+from ``worker.web_support`` (this module imports them: importing it back would be a circle).
+Every error answers JSON (404, 405, 500 included), never HTML and never a traceback. SIGTERM
+or SIGINT stops accepting connections, lets requests in flight finish for up to
+``SHUTDOWN_TIMEOUT_S``, closes the resources and exits 0.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
 import redis.asyncio
@@ -41,12 +44,11 @@ from worker import db
 from worker.config import Settings, redact_url
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
+from worker.web_support import DB, REDIS, SETTINGS, error_response
 
 log = get_logger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", ArqRedis)
-DB = web.AppKey("db", asyncpg.Pool)
+__all__ = ["DB", "FEATURES", "REDIS", "SETTINGS", "create_app", "error_response", "run_web"]
 
 #: How long /readyz waits for each of Redis and Postgres.
 READY_TIMEOUT_S = 2.0
@@ -98,12 +100,6 @@ def open_redis(settings: Settings) -> ArqRedis:
 
 
 # --- errors -------------------------------------------------------------------------------
-
-
-def error_response(status: int, message: str, headers: Any = None) -> web.Response:
-    """The one shape of every error: ``{"error": message, "status": status}``."""
-    return web.json_response({"error": message, "status": status}, status=status,
-                             headers=headers)
 
 
 @web.middleware
