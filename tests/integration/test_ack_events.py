@@ -111,7 +111,7 @@ async def test_a_trigger_after_an_ack_within_the_window_is_still_deduplicated(
 
     async def counted() -> bool:
         rows = await alert_rows(db_conn, "db-down")
-        return rows[0]["duplicates"] == 1
+        return bool(rows[0]["duplicates"] == 1)
 
     await wait_for(counted, what="the second trigger counted as a duplicate")
     assert len(await alert_rows(db_conn, "db-down")) == 1
