@@ -21,12 +21,13 @@ import signal
 from typing import Any
 
 from arq import Worker
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.worker import func
 
 from worker import db
 from worker.calls import place_call
 from worker.config import Settings, redact_url
+from worker.connections import open_redis
 from worker.dedup import DedupLock
 from worker.ingest import StreamConsumer
 from worker.jobs import after_job_end, call_job
@@ -53,8 +54,10 @@ _MAX_JOB_TRIES = 10_000
 IN_PROGRESS_MARGIN_S = 5.0
 
 
-def redis_settings(settings: Settings) -> RedisSettings:
-    return RedisSettings.from_dsn(settings.redis_url)
+def open_worker_redis(settings: Settings) -> ArqRedis:
+    """The replica's Redis client: every command bounded, XREADGROUP's block included."""
+    return open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                      blocking_s=settings.ingest_block_ms / 1000)
 
 
 def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvider:
@@ -80,7 +83,8 @@ def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvi
 
 async def open_services(settings: Settings, redis: ArqRedis) -> Services:
     keys = Keys(settings.redis_prefix)
-    pool = await db.create_pool(settings.database_url, max_size=max(4, settings.concurrency // 4))
+    pool = await db.create_pool(settings.database_url, max_size=max(4, settings.concurrency // 4),
+                                timeout_s=settings.database_timeout_s)
     return Services(
         settings=settings,
         keys=keys,
@@ -130,7 +134,7 @@ class WorkerProcess:
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,
-            redis_settings=redis_settings(settings),
+            redis_pool=open_worker_redis(settings),
             on_startup=self._startup,
             on_shutdown=self._shutdown,
             handle_signals=False,

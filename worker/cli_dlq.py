@@ -19,6 +19,7 @@ from worker.cli_support import (
     run_async,
     with_db,
 )
+from worker.connections import close_connection, open_redis
 from worker.logs import mask_phone_numbers
 from worker.models import DeadLetter
 
@@ -78,15 +79,13 @@ async def dlq_show(letter_id: int) -> None:
 async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
     """Replay a letter (or all): ingest letters go back on the stream, call letters are
     called again. A letter whose cause is not fixed is refused, and says why."""
-    from arq.connections import RedisSettings, create_pool
-
     from worker.replay import ReplayRefused, replay
 
     if (letter_id is None) == (not replay_all):
         raise BadInput("give one letter ID or --all")
     settings = current_settings()
-    redis_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    conn = await db.connect(settings.database_url)
+    redis_pool = open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    conn = await db.connect(settings.database_url, timeout_s=settings.database_timeout_s)
     refused = 0
     try:
         if replay_all:
@@ -104,7 +103,7 @@ async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
         if replay_all:
             click.echo(f"{len(letters) - refused} replayed, {refused} refused")
     finally:
-        await conn.close()
+        await close_connection(conn, timeout_s=settings.database_timeout_s)
         await redis_pool.aclose()
     if refused:
         sys.exit(1)

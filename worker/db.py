@@ -11,13 +11,13 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 
 import asyncpg
 
 from schema import Member
+from worker import connections
 from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
@@ -46,25 +46,21 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Executor = asyncpg.Pool | Connection
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+DEFAULT_TIMEOUT_S = 5.0  # VOICEALERT_DATABASE_TIMEOUT_S's default
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        database_url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
-    )
-    assert pool is not None
-    return pool
+async def create_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 10,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> asyncpg.Pool:
+    """A pool whose every wait is bounded (``worker.connections``)."""
+    return await connections.open_pool(database_url, timeout_s=timeout_s, min_size=min_size,
+                                       max_size=max_size)
 
 
-async def connect(database_url: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    await _init_connection(conn)
-    return conn
+async def connect(database_url: str, *, timeout_s: float = 10.0) -> asyncpg.Connection:
+    """One connection, for commands and tests; statements bounded by ``timeout_s``."""
+    return await connections.connect(database_url, timeout_s=timeout_s)
 
 
 # --- groups -------------------------------------------------------------------------------
