@@ -33,12 +33,13 @@ from worker.ingest import StreamConsumer
 from worker.keys import Keys
 from worker.logs import get_logger
 from worker.outages import DATABASE_UNAVAILABLE
-from worker.outcomes import cancel_call, poll_call
+from worker.outcomes import cancel_call, poll_call, settle_call
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
     PLACE_CALL,
     POLL_CALL,
+    SETTLE_CALL,
     json_deserializer,
     json_serializer,
 )
@@ -151,6 +152,8 @@ class WorkerProcess:
                 func(survive_database_outage(poll_call), name=POLL_CALL,
                      max_tries=_MAX_JOB_TRIES),
                 func(survive_database_outage(cancel_call), name=CANCEL_CALL,
+                     max_tries=_MAX_JOB_TRIES),
+                func(survive_database_outage(settle_call), name=SETTLE_CALL,
                      max_tries=_MAX_JOB_TRIES),
             ],
             queue_name=self.keys.queue,

@@ -40,7 +40,7 @@ import redis.asyncio
 from aiohttp import web
 from arq.connections import ArqRedis
 
-from worker import db
+from worker import db, webhooks
 from worker.config import Settings, redact_url
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
@@ -59,8 +59,8 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_COMMAND_TIMEOUT_S = 5.0
 
 AddRoutes = Callable[[web.Application], None]
-#: Each feature module's ``add_routes``, called by create_app (none yet).
-FEATURES: tuple[AddRoutes, ...] = ()
+#: Each feature module's ``add_routes``, called by create_app.
+FEATURES: tuple[AddRoutes, ...] = (webhooks.add_routes,)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
