@@ -225,3 +225,20 @@ async def stream_entries(
     """Every entry of the events stream, as a decoding client returns them."""
     result: list[tuple[str, dict[str, str]]] = await client.xrange(Keys(prefix).events)
     return result
+
+
+async def make_token(database_url: str, tenant: str = "default", name: str | None = None,
+                     scope: str = "fire") -> str:
+    """A live API token of ``tenant`` (as ``voicealert tokens create`` makes one)."""
+    from worker import tokens
+    from worker.models import TokenScope
+
+    made = tokens.new_token()
+    conn = await db.connect(database_url)
+    try:
+        row = await db.insert_token(conn, tenant, name or f"token-{made.key_id}",
+                                    TokenScope(scope), made.key_id, made.digest)
+    finally:
+        await conn.close()
+    assert row is not None
+    return made.token

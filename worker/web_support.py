@@ -19,6 +19,8 @@ from worker.config import Settings
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", ArqRedis)
 DB = web.AppKey("db", asyncpg.Pool)
+#: Who a request acts as, for the access log (``tenant/token-name``); never a secret.
+ACTOR = web.RequestKey("actor", str)
 
 
 def error_response(

@@ -1,0 +1,577 @@
+"""The HTTP API (docs/contracts.md#http-api): the ``/v1`` routes of the web process.
+
+Thin on purpose: a request is authenticated (a bearer token of one tenant), rate-limited,
+validated against the same model as the stream (``schema.AlertEvent``) and written to the
+stream; the workers do the rest exactly as for any producer. A 202 means the event is on
+the stream; anything that could not be written answers an error (503 when Redis cannot be
+reached in time), never a 202.
+
+Each route is declared once, in ``ROUTES``: its :class:`~worker.openapi.Operation` (path,
+scope, models) both registers it and describes it in ``/v1/openapi.json``. Handlers receive
+the request and the token's :class:`~worker.tokens.Principal`, and raise :class:`ApiError`
+for every answer that is not a success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import pydantic
+from aiohttp import web
+
+from schema import AlertEvent, describe_errors
+from schema.event import Identifier
+from worker import alertmanager, db
+from worker.api_models import (
+    Accepted,
+    AcceptedEvent,
+    AcceptedEvents,
+    AlertHistory,
+    AlertmanagerPayload,
+    AlertPage,
+    AlertSummary,
+    AlertView,
+    ErrorBody,
+    FieldError,
+    Links,
+    ResolveRequest,
+)
+from worker.keys import Keys
+from worker.logs import get_logger
+from worker.models import AlertStatus, TokenScope
+from worker.openapi import Operation, Param, openapi_document
+from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.request_limit import RequestLimiter
+from worker.tokens import InvalidToken, Principal, TokensUnavailable, TokenVerifier
+from worker.web_support import ACTOR, DB, REDIS, SETTINGS
+
+log = get_logger(__name__)
+
+#: Larger request bodies answer 413 (an event is at most a few KiB).
+MAX_BODY_BYTES = 64 * 1024
+#: Bound of one write to the stream: past it Redis counts as unreachable (503).
+STREAM_WRITE_TIMEOUT_S = 2.0
+#: Bound of the rate-limit round trip, and of one Postgres read.
+LIMIT_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 5.0
+#: Retry-After when Redis or Postgres is unreachable.
+UNAVAILABLE_RETRY_AFTER_S = 5
+#: Pages of GET /v1/alerts, and the alert rows of GET /v1/alerts/{alert_id}?all=true.
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
+HISTORY_MAX = 100
+
+VERIFIER = web.AppKey("api_verifier", TokenVerifier)
+LIMITER = web.AppKey("api_limiter", RequestLimiter)
+OPENAPI = web.AppKey("api_openapi", bytes)
+
+#: A Redis call that failed or did not answer in time: Redis counts as unreachable.
+_REDIS_DOWN: tuple[type[BaseException], ...] = (*REDIS_UNAVAILABLE, TimeoutError)
+_IDENTIFIER: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(Identifier)
+_BEARER_CHALLENGE = 'Bearer realm="voicealert"'
+
+
+class ApiError(Exception):
+    """An answer other than success: status, message, and the field errors of a 400."""
+
+    def __init__(self, status: int, message: str, *,
+                 errors: Sequence[tuple[str, str]] = (),
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = list(errors)
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body = ErrorBody(
+            error=self.message, status=self.status,
+            errors=[FieldError(field=f, reason=r) for f, r in self.errors] or None,
+        )
+        return web.Response(status=self.status, headers=self.headers,
+                            body=body.model_dump_json(exclude_none=True),
+                            content_type="application/json")
+
+
+def _unavailable(message: str) -> ApiError:
+    return ApiError(503, message, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
+def _json(status: int, body: pydantic.BaseModel) -> web.Response:
+    return web.Response(status=status, body=body.model_dump_json(),
+                        content_type="application/json")
+
+
+# --- routes -------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request, Principal], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    operation: Operation
+    handler: Handler
+    #: Writes to the stream: without Redis it can only answer 503, so it answers at once.
+    writes: bool = False
+
+
+def add_routes(app: web.Application) -> None:
+    """The /v1 routes, their shared parts (token verifier, rate limiter) and the OpenAPI."""
+    app.cleanup_ctx.append(_api_resources)
+    for route in ROUTES:
+        app.router.add_route(route.operation.method, route.operation.path, _guarded(route))
+    app[OPENAPI] = json.dumps(openapi(), indent=2).encode()
+    app.router.add_get(OPENAPI_OPERATION.path, serve_openapi)
+
+
+async def _api_resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[VERIFIER] = verifier = TokenVerifier(app[DB])
+    app[LIMITER] = RequestLimiter(app[REDIS], Keys(settings.redis_prefix),
+                                  per_second=settings.api_rate_per_s,
+                                  burst=settings.api_rate_burst)
+    refresher = asyncio.create_task(verifier.refresh_forever())
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
+
+
+def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The route's handler behind authentication, scope, query check and rate limit."""
+    operation = route.operation
+    known_query = {p.name for p in operation.params if p.where == "query"}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            principal = await _authenticate(request, operation)
+            request[ACTOR] = f"{principal.tenant}/{principal.name}"
+            unknown = sorted(set(request.query) - known_query)
+            if unknown:
+                raise ApiError(400, f"unknown query parameter {unknown[0]!r}",
+                               errors=[(name, "unknown query parameter") for name in unknown])
+            await _rate_limit(request, principal, route.writes)
+            return await route.handler(request, principal)
+        except ApiError as exc:
+            return exc.response()
+
+    return handle
+
+
+async def _authenticate(request: web.Request, operation: Operation) -> Principal:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise ApiError(401, "missing token: send the header Authorization: Bearer <token>",
+                       headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "the Authorization header must be: Bearer <token>",
+                       headers={"WWW-Authenticate": _BEARER_CHALLENGE})
+    try:
+        principal = await request.app[VERIFIER].verify(token.strip())
+    except InvalidToken:
+        raise ApiError(401, "invalid token: unknown, revoked or malformed", headers={
+            "WWW-Authenticate": f'{_BEARER_CHALLENGE}, error="invalid_token"'}) from None
+    except TokensUnavailable:
+        raise _unavailable("cannot check the token now: the database is unreachable") from None
+    assert operation.scope is not None
+    if not principal.may(operation.scope):
+        raise ApiError(403, f"token {principal.name!r} has scope {principal.scope}; "
+                            f"this needs scope {operation.scope}")
+    return principal
+
+
+async def _rate_limit(request: web.Request, principal: Principal, writes: bool) -> None:
+    settings = request.app[SETTINGS]
+    try:
+        async with asyncio.timeout(LIMIT_TIMEOUT_S):
+            verdict = await request.app[LIMITER].acquire(principal.key_id)
+    except _REDIS_DOWN as exc:
+        if writes:
+            log.warning("api.redis_unavailable", path=request.path, error=type(exc).__name__)
+            raise _unavailable("cannot reach Redis: nothing was written") from None
+        # Reads come from Postgres: a rate limiter that cannot be reached does not stop them.
+        log.warning("api.rate_limit_unavailable", path=request.path, error=type(exc).__name__)
+        return
+    if not verdict.allowed:
+        raise ApiError(
+            429, f"too many requests: this token may send {settings.api_rate_per_s:g} per "
+                 f"second (bursts of {settings.api_rate_burst})",
+            headers={"Retry-After": verdict.retry_after_header},
+        )
+
+
+# --- reading a request --------------------------------------------------------------------
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+async def _read_json(request: web.Request, *, optional: bool = False) -> Any:
+    """The body as JSON (None when optional and absent); 413, 415 or 400 otherwise."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise _too_large()
+    if not request.body_exists or request.content_length == 0:
+        if optional:
+            return None
+        raise ApiError(400, "a JSON body is required")
+    if not _is_json(request.content_type):
+        raise ApiError(415, "the body must be JSON, sent with Content-Type: application/json"
+                            f" (got {request.content_type or 'none'})")
+    body = await _read_limited(request)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        reason = str(exc)
+        if "integer string conversion" in reason:
+            reason = "a number has too many digits"
+        raise ApiError(400, f"the body is not valid JSON: {reason}") from None
+
+
+async def _read_limited(request: web.Request) -> bytes:
+    """The body, read no further than the limit (a chunked body has no Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _object(data: Any, what: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ApiError(400, f"the body must be a JSON object ({what})")
+    return data
+
+
+def _invalid(message: str, errors: Sequence[tuple[str, str]]) -> ApiError:
+    detail = "; ".join(f"{field}: {reason}" for field, reason in errors)
+    return ApiError(400, f"{message}: {detail}", errors=errors)
+
+
+def _validate_event(data: dict[str, Any]) -> AlertEvent:
+    try:
+        return AlertEvent.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _invalid("invalid event", describe_errors(exc)) from None
+    except RecursionError:
+        raise _invalid("invalid event", [("event", "is nested too deeply")]) from None
+
+
+def _identifier(value: str, field: str) -> str:
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise _invalid("invalid request", [(field, describe_errors(exc)[0][1])]) from None
+
+
+def _apply_idempotency_key(request: web.Request, data: dict[str, Any]) -> None:
+    """``Idempotency-Key`` becomes the event_id: a retried POST is the same event."""
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return
+    key = _identifier(header, "Idempotency-Key")
+    given = data.get("event_id")
+    if given is not None and (not isinstance(given, str) or given.strip() != key):
+        raise _invalid("invalid request", [("event_id", "differs from the Idempotency-Key header")])
+    data["event_id"] = key
+
+
+def _check_tenant(tenant: str, principal: Principal) -> None:
+    if tenant != principal.tenant:
+        raise ApiError(403, f"this token acts in tenant {principal.tenant!r} only, "
+                            f"not {tenant!r}")
+
+
+# --- writing events -----------------------------------------------------------------------
+
+
+async def _write(request: web.Request, events: Sequence[AlertEvent]) -> list[str]:
+    """XADD the events (all or none: one transaction), bounded in time; 503 when Redis does
+    not answer in time. A 503 after a timeout may hide a write that happened: the client's
+    retry with the same Idempotency-Key (event_id) is then the same event."""
+    stream = Keys(request.app[SETTINGS].redis_prefix).events
+    client = request.app[REDIS]
+    try:
+        async with asyncio.timeout(STREAM_WRITE_TIMEOUT_S):
+            if len(events) == 1:
+                ids = [await client.xadd(stream, events[0].to_entry())]  # type: ignore[arg-type]
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    for event in events:
+                        pipe.xadd(stream, event.to_entry())  # type: ignore[arg-type]
+                    ids = await pipe.execute()
+    except _REDIS_DOWN as exc:
+        log.warning("api.redis_unavailable", path=request.path, error=type(exc).__name__)
+        raise _unavailable("cannot reach Redis: the event was not accepted; retry later "
+                           "with the same Idempotency-Key") from None
+    stream_ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    for event, stream_id in zip(events, stream_ids, strict=True):
+        log.info("api.event_accepted", alert_id=event.alert_id, tenant=event.tenant,
+                 action=event.action, event_id=event.event_id, stream_id=stream_id,
+                 token=request.get(ACTOR))
+    return stream_ids
+
+
+async def fire_alert(request: web.Request, principal: Principal) -> web.Response:
+    data = dict(_object(await _read_json(request), "an alert event"))
+    data.setdefault("tenant", principal.tenant)
+    _apply_idempotency_key(request, data)
+    event = _validate_event(data)
+    _check_tenant(event.tenant, principal)
+    [stream_id] = await _write(request, [event])
+    return _json(202, Accepted.of(stream_id, event.alert_id))
+
+
+async def resolve_alert(request: web.Request, principal: Principal) -> web.Response:
+    body = await _read_json(request, optional=True)
+    if body is not None:
+        try:
+            tenant = ResolveRequest.model_validate(_object(body, "or no body")).tenant
+        except pydantic.ValidationError as exc:
+            raise _invalid("invalid request", describe_errors(exc)) from None
+        if tenant is not None:
+            _check_tenant(tenant, principal)
+    data: dict[str, Any] = {"alert_id": request.match_info["alert_id"], "action": "resolve",
+                            "tenant": principal.tenant}
+    _apply_idempotency_key(request, data)
+    event = _validate_event(data)
+    [stream_id] = await _write(request, [event])
+    return _json(202, Accepted.of(stream_id, event.alert_id))
+
+
+async def alertmanager_webhook(request: web.Request, principal: Principal) -> web.Response:
+    raw = _object(await _read_json(request), "Alertmanager's webhook payload")
+    try:
+        payload = AlertmanagerPayload.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise _invalid("invalid Alertmanager payload", describe_errors(exc)) from None
+    group = request.query.get("group")
+    if group is not None:
+        group = _identifier(group, "group")
+    elif any(alert.status == "firing" for alert in payload.alerts):
+        raise _invalid("invalid request", [("group", "the query parameter ?group=NAME is "
+                                                     "required to fire: the group to ring")])
+    mode = request.query.get("mode")
+    if mode is not None and mode not in ("parallel", "sequential"):
+        raise _invalid("invalid request", [("mode", "must be parallel or sequential")])
+    events: list[AlertEvent] = []
+    errors: list[tuple[str, str]] = []
+    for i, alert in enumerate(payload.alerts):
+        fields = alertmanager.event_fields(alert, group=group, mode=mode)
+        try:
+            events.append(AlertEvent.model_validate({**fields, "tenant": principal.tenant}))
+        except pydantic.ValidationError as exc:
+            errors.extend((f"alerts.{i}.{field}", reason) for field, reason in describe_errors(exc))
+    if errors:
+        raise _invalid("invalid Alertmanager payload", errors)
+    stream_ids = await _write(request, events) if events else []
+    return _json(202, AcceptedEvents(events=[
+        AcceptedEvent(alert_id=e.alert_id, action=e.action, stream_id=sid,
+                      links=Links.to_alert(e.alert_id))
+        for e, sid in zip(events, stream_ids, strict=True)
+    ]))
+
+
+# --- reading alerts back ------------------------------------------------------------------
+
+
+async def _from_db(request: web.Request, query: Awaitable[Any]) -> Any:
+    try:
+        async with asyncio.timeout(READ_TIMEOUT_S):
+            return await query
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("api.database_unavailable", path=request.path, error=type(exc).__name__)
+        raise _unavailable("cannot reach the database") from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise _invalid("invalid request", [(name, "must be true or false")])
+    return value in ("true", "1")
+
+
+async def get_alert(request: web.Request, principal: Principal) -> web.Response:
+    alert_id = _identifier(request.match_info["alert_id"], "alert_id")
+    history = _flag(request, "all")
+    rows = await _from_db(request, db.alerts_with_calls(
+        request.app[DB], principal.tenant, alert_id, limit=HISTORY_MAX if history else 1))
+    if not rows:
+        raise ApiError(404, f"no alert {alert_id!r} in tenant {principal.tenant!r} (an event "
+                            "accepted moments ago may not be processed yet)")
+    if history:
+        return _json(200, AlertHistory(alert_id=alert_id, alerts=[AlertView.of(r) for r in rows]))
+    return _json(200, AlertView.of(rows[0]))
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO 8601 time (UTC when it has no offset) or an age: ``30s``, ``15m``, ``12h``,
+    ``7d`` (that long ago)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(value) >= 2 and value[-1] in units and value[:-1].isdigit() and len(value) < 12:
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    moment = datetime.fromisoformat(value)  # ValueError: the caller's 400
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cursor(alert_pk: int) -> str:
+    return base64.urlsafe_b64encode(f"a{alert_pk}".encode()).decode().rstrip("=")
+
+
+def _cursor_id(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not text.startswith("a") or not text[1:].isdigit() or len(text) > 20:
+            raise ValueError(cursor)
+        return int(text[1:])
+    except (ValueError, binascii.Error):
+        raise _invalid("invalid request", [("cursor", "is not a cursor this API gave")]) from None
+
+
+async def list_alerts(request: web.Request, principal: Principal) -> web.Response:
+    query = request.query
+    errors: list[tuple[str, str]] = []
+    status: AlertStatus | None = None
+    if "status" in query:
+        try:
+            status = AlertStatus(query["status"])
+        except ValueError:
+            errors.append(("status", "must be one of " + ", ".join(s.value for s in AlertStatus)))
+    since: datetime | None = None
+    if "since" in query:
+        try:
+            since = parse_since(query["since"])
+        except (ValueError, OverflowError):
+            errors.append(("since", "must be an ISO 8601 time or an age like 30m, 12h, 7d"))
+    limit = PAGE_DEFAULT
+    if "limit" in query:
+        text = query["limit"]
+        if not text.isdigit() or not 1 <= int(text[:6]) <= PAGE_MAX:
+            errors.append(("limit", f"must be a whole number from 1 to {PAGE_MAX}"))
+        else:
+            limit = int(text)
+    if errors:
+        raise _invalid("invalid request", errors)
+    before = _cursor_id(query["cursor"]) if "cursor" in query else None
+    rows = await _from_db(request, db.list_alerts(
+        request.app[DB], principal.tenant, status=status, since=since, before_id=before,
+        limit=limit + 1))
+    page = rows[:limit]
+    next_cursor = _cursor(page[-1].id) if len(rows) > limit else None
+    return _json(200, AlertPage(alerts=[AlertSummary.of(r) for r in page],
+                                next_cursor=next_cursor))
+
+
+# --- the description ----------------------------------------------------------------------
+
+
+def _package_version() -> str:
+    try:
+        return version("voicealert")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def openapi() -> dict[str, Any]:
+    return openapi_document([*(r.operation for r in ROUTES), OPENAPI_OPERATION],
+                            version=_package_version())
+
+
+_ALERT_ID = Param("alert_id", "path", "The alert's alert_id (URL-encoded).")
+_IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key", "header",
+    "Becomes the event's event_id: retrying a POST with the same key is the same event, "
+    "processed once. Same rules as event_id (1-200 characters, no control characters).")
+_EVENT_ERRORS = (400, 401, 403, 413, 415, 429, 503)
+
+OPENAPI_OPERATION = Operation(
+    "GET", "/v1/openapi.json", "openapi", "This description (OpenAPI 3.1).", scope=None,
+    responses={200: ("The OpenAPI document.", None)},
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route(Operation(
+        "POST", "/v1/alerts", "fireAlert",
+        "Send an alert event (the stream's event; the tenant is the token's).",
+        scope=TokenScope.FIRE, body=AlertEvent, params=(_IDEMPOTENCY_KEY,),
+        responses={202: ("On the stream.", Accepted)}, errors=_EVENT_ERRORS,
+    ), fire_alert, writes=True),
+    Route(Operation(
+        "POST", "/v1/alerts/{alert_id}/resolve", "resolveAlert",
+        "Resolve an alert: calls not yet answered are canceled.",
+        scope=TokenScope.FIRE, body=ResolveRequest, body_required=False,
+        params=(_ALERT_ID, _IDEMPOTENCY_KEY),
+        responses={202: ("On the stream.", Accepted)}, errors=_EVENT_ERRORS,
+    ), resolve_alert, writes=True),
+    Route(Operation(
+        "POST", "/v1/integrations/alertmanager", "alertmanagerWebhook",
+        "Alertmanager's (or Grafana's) webhook: one event per alert; resolved alerts resolve.",
+        scope=TokenScope.FIRE, body=AlertmanagerPayload,
+        params=(Param("group", "query", "The group to ring for firing alerts.", required=False),
+                Param("mode", "query", "parallel (default) or sequential.",
+                      {"type": "string", "enum": ["parallel", "sequential"]})),
+        responses={202: ("Every event on the stream.", AcceptedEvents)}, errors=_EVENT_ERRORS,
+    ), alertmanager_webhook, writes=True),
+    Route(Operation(
+        "GET", "/v1/alerts/{alert_id}", "getAlert",
+        "The latest alert of this alert_id, with its calls (`?all=true`: every alert row).",
+        scope=TokenScope.FIRE,
+        params=(_ALERT_ID, Param("all", "query", "Every alert row of this alert_id, newest "
+                                 f"first (at most {HISTORY_MAX}).", {"type": "boolean"})),
+        responses={200: ("The alert; with ?all=true, its history.", (AlertView, AlertHistory))},
+        errors=(400, 401, 403, 404, 429, 503),
+    ), get_alert),
+    Route(Operation(
+        "GET", "/v1/alerts", "listAlerts", "The tenant's alerts, newest first, a page at a time.",
+        scope=TokenScope.FIRE,
+        params=(
+            Param("status", "query", "Only alerts in this status.",
+                  {"type": "string", "enum": [s.value for s in AlertStatus]}),
+            Param("since", "query", "Received at or after: ISO 8601, or an age (30m, 12h, 7d)."),
+            Param("limit", "query", f"Page size, 1-{PAGE_MAX} (default {PAGE_DEFAULT}).",
+                  {"type": "integer", "minimum": 1, "maximum": PAGE_MAX}),
+            Param("cursor", "query", "next_cursor of the previous page."),
+        ),
+        responses={200: ("A page of alerts.", AlertPage)}, errors=(400, 401, 403, 429, 503),
+    ), list_alerts),
+)
