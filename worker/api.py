@@ -64,7 +64,7 @@ STREAM_WRITE_TIMEOUT_S = 2.0
 LIMIT_TIMEOUT_S = 1.0
 READ_TIMEOUT_S = 5.0
 #: Retry-After when Redis or Postgres is unreachable.
-UNAVAILABLE_RETRY_AFTER_S = 5
+UNAVAILABLE_RETRY_AFTER_S = 2
 #: Pages of GET /v1/alerts, and the alert rows of GET /v1/alerts/{alert_id}?all=true.
 PAGE_DEFAULT = 50
 PAGE_MAX = 500
