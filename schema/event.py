@@ -83,6 +83,14 @@ def normalize_phone(value: str) -> str:
     return candidate
 
 
+def _never_null(schema: dict[str, Any]) -> None:
+    """The JSON Schema of an optional field that refuses null: absent is its default, so the
+    schema shows only its string variant and no ``null`` default."""
+    variants = schema.pop("anyOf", [])
+    schema.update(next((v for v in variants if v.get("type") != "null"), {}))
+    schema.pop("default", None)
+
+
 # No control characters in names: they end up in Redis keys, SQL text columns (Postgres
 # refuses NUL outright) and log lines.
 Identifier = Annotated[
@@ -111,6 +119,13 @@ class AlertEvent(BaseModel):
             "if": {"properties": {"action": {"const": "trigger"}}},
             "then": {"required": ["group", "message"]},
             "else": {},
+            # who acknowledged belongs to an acknowledgement only (_check_acknowledged_by)
+            "dependentSchemas": {
+                "acknowledged_by": {
+                    "properties": {"action": {"const": "ack"}},
+                    "required": ["action"],
+                }
+            },
         },
     )
 
@@ -132,8 +147,10 @@ class AlertEvent(BaseModel):
         le=DEDUP_WINDOW_MAX_S,
         description="Seconds during which the same alert_id rings nobody again; 0 = no dedup.",
     )
-    action: Literal["trigger", "resolve"] = Field(
-        default="trigger", description="resolve cancels calls not yet answered."
+    action: Literal["trigger", "resolve", "ack"] = Field(
+        default="trigger",
+        description="resolve cancels calls not yet answered; ack says someone is on it and "
+        "stops the calling.",
     )
     mode: Literal["parallel", "sequential"] = Field(
         default="parallel",
@@ -144,6 +161,13 @@ class AlertEvent(BaseModel):
     )
     event_id: Identifier | None = Field(
         default=None, description="Idempotency key of the event itself."
+    )
+    # Not nullable (an explicit null is refused by _reject_null, and the schema says string):
+    # null means "absent" only for group, message and event_id.
+    acknowledged_by: Identifier | None = Field(
+        default=None,
+        description="Who acknowledged (only with action ack).",
+        json_schema_extra=_never_null,
     )
 
     @field_validator("dedup_window_s", mode="before")
@@ -156,6 +180,22 @@ class AlertEvent(BaseModel):
         ):
             raise ValueError("must be a whole number of seconds")
         return value
+
+    @field_validator("acknowledged_by", mode="before")
+    @classmethod
+    def _reject_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must be a string (leave the field out instead of null)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_acknowledged_by(self) -> AlertEvent:
+        if self.acknowledged_by is not None and self.action != "ack":
+            raise PydanticCustomError(
+                "extra_forbidden", "{field}: allowed only with action ack",
+                {"field": "acknowledged_by"},
+            )
+        return self
 
     @model_validator(mode="after")
     def _require_trigger_fields(self) -> AlertEvent:

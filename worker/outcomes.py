@@ -17,7 +17,7 @@ from arq import Retry
 from worker import db
 from worker.logs import get_logger
 from worker.models import (
-    TERMINAL_ALERT_STATUSES,
+    CALLING_STOPPED_ALERT_STATUSES,
     TERMINAL_CALL_STATUSES,
     UNANSWERED_CALL_STATUSES,
     AlertStatus,
@@ -42,12 +42,12 @@ async def schedule_poll(s: Services, call_id: int, delay_s: float = POLL_FIRST_S
 
 async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall) -> None:
     """Attach the provider's call to our row, follow it, and cancel it if the alert was
-    resolved while we were dialing."""
+    resolved or acknowledged while we were dialing."""
     await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed, StatusSource.WORKER)
     fresh = await db.get_call(s.db, call.id)
-    resolved = fresh is not None and fresh.alert_status in TERMINAL_ALERT_STATUSES
-    if fresh is not None and resolved and fresh.status in UNANSWERED_CALL_STATUSES:
+    stopped = fresh is not None and fresh.alert_status in CALLING_STOPPED_ALERT_STATUSES
+    if fresh is not None and stopped and fresh.status in UNANSWERED_CALL_STATUSES:
         await cancel_at_provider(s, fresh, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
@@ -74,7 +74,7 @@ async def apply_status(
 async def after_status_change(s: Services, alert_pk: int) -> None:
     """Recompute the alert's status; in sequential mode, ring the next member or stop."""
     progress = await db.alert_progress(s.db, alert_pk)
-    if progress is None or progress.status in TERMINAL_ALERT_STATUSES:
+    if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
     if progress.answered:
         if progress.mode == "sequential":
@@ -150,7 +150,8 @@ async def cancel_at_provider(
 
 
 async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
-    """After a resolve: cancel a call already at the provider and not yet answered."""
+    """After a resolve or an acknowledgement: cancel a call already at the provider and not
+    yet answered."""
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
     if call is None or call.status in TERMINAL_CALL_STATUSES:

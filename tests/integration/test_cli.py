@@ -254,6 +254,28 @@ async def test_resolve_writes_a_resolve_event(
     assert (event.action, event.alert_id, event.tenant) == ("resolve", "db-down", "acme")
 
 
+async def test_ack_writes_an_ack_event_with_who(
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    result = await run_cli(no_db_env, "ack", "--alert-id", "db-down", "--tenant", "acme",
+                           "--by", "alice")
+    assert result.code == 0, result.stderr
+    [(entry_id, fields)] = await stream_entries(text_redis, prefix)
+    assert result.stdout.strip() == entry_id
+    event = AlertEvent.model_validate_json(fields["event"])
+    assert (event.action, event.alert_id, event.tenant, event.acknowledged_by) == (
+        "ack", "db-down", "acme", "alice")
+
+
+async def test_ack_with_an_invalid_name_exits_2_naming_the_field(
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    result = await run_cli(no_db_env, "ack", "--alert-id", "db-down", "--by", "x" * 201)
+    assert result.code == 2
+    assert "acknowledged_by" in result.error_line
+    assert await stream_entries(text_redis, prefix) == []
+
+
 # --- usage, configuration and service errors --------------------------------------------------
 
 
