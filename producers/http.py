@@ -1,5 +1,5 @@
 """Fire alert events over voicealert's HTTP API, for services that should not hold Redis
-credentials: the same ``fire``/``resolve`` as :class:`producers.AlertProducer`, the same
+credentials: the same ``fire``/``resolve``/``ack`` as :class:`producers.AlertProducer`, the same
 :class:`~producers.ValidationError` before anything is sent, and an API token instead of a
 Redis URL::
 
@@ -79,6 +79,23 @@ class HttpAlertProducer:
         event = build_event(alert_id=alert_id, tenant=tenant, action="resolve", event_id=event_id)
         body = {"tenant": event.tenant} if tenant is not None else None
         return await self._post(f"/v1/alerts/{quote(event.alert_id, safe='')}/resolve", body,
+                                event.event_id)
+
+    async def ack(
+        self,
+        *,
+        alert_id: str,
+        tenant: str | None = None,
+        acknowledged_by: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Acknowledge: someone is on it, calling stops. Returns the stream entry id."""
+        event = build_event(alert_id=alert_id, tenant=tenant, action="ack",
+                            acknowledged_by=acknowledged_by, event_id=event_id)
+        given = (("tenant", event.tenant if tenant is not None else None),
+                 ("acknowledged_by", event.acknowledged_by))
+        body = {key: value for key, value in given if value is not None}
+        return await self._post(f"/v1/alerts/{quote(event.alert_id, safe='')}/ack", body or None,
                                 event.event_id)
 
     async def send(self, event: AlertEvent) -> str:

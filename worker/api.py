@@ -35,6 +35,7 @@ from worker.api_models import (
     Accepted,
     AcceptedEvent,
     AcceptedEvents,
+    AckRequest,
     AlertHistory,
     AlertmanagerPayload,
     AlertPage,
@@ -50,9 +51,9 @@ from worker.logs import get_logger
 from worker.models import AlertStatus, TokenScope
 from worker.openapi import Operation, Param, openapi_document
 from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
-from worker.request_limit import RequestLimiter
+from worker.request_limit import RequestLimiter, Verdict
 from worker.tokens import InvalidToken, Principal, TokensUnavailable, TokenVerifier
-from worker.web_support import ACTOR, DB, REDIS, SETTINGS
+from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS
 
 log = get_logger(__name__)
 
@@ -139,12 +140,12 @@ async def _api_resources(app: web.Application) -> AsyncIterator[None]:
     app[LIMITER] = RequestLimiter(app[REDIS], Keys(settings.redis_prefix),
                                   per_second=settings.api_rate_per_s,
                                   burst=settings.api_rate_burst)
-    refresher = asyncio.create_task(verifier.refresh_forever())
+    listener = asyncio.create_task(verifier.listen_forever(settings.database_url))
     try:
         yield
     finally:
-        refresher.cancel()
-        await asyncio.gather(refresher, return_exceptions=True)
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
 
 
 def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -160,8 +161,16 @@ def _guarded(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
             if unknown:
                 raise ApiError(400, f"unknown query parameter {unknown[0]!r}",
                                errors=[(name, "unknown query parameter") for name in unknown])
-            await _rate_limit(request, principal, route.writes)
-            return await route.handler(request, principal)
+            if not route.writes:
+                await _rate_limit(request, principal)
+            try:
+                return await route.handler(request, principal)
+            except ApiError as exc:
+                # A write takes its place in the rate with its XADD (_write); a refused one
+                # counts too, so a client looping on a bad request is slowed down as well.
+                if route.writes and exc.status not in (429, 503):
+                    await _rate_limit(request, principal)
+                raise
         except ApiError as exc:
             return exc.response()
 
@@ -191,24 +200,26 @@ async def _authenticate(request: web.Request, operation: Operation) -> Principal
     return principal
 
 
-async def _rate_limit(request: web.Request, principal: Principal, writes: bool) -> None:
-    settings = request.app[SETTINGS]
+async def _rate_limit(request: web.Request, principal: Principal) -> None:
+    """Take a place in the token's rate, or 429. Without Redis this does not stop a request:
+    reads come from Postgres, and a write answers its own 503."""
     try:
         async with asyncio.timeout(LIMIT_TIMEOUT_S):
             verdict = await request.app[LIMITER].acquire(principal.key_id)
     except _REDIS_DOWN as exc:
-        if writes:
-            log.warning("api.redis_unavailable", path=request.path, error=type(exc).__name__)
-            raise _unavailable("cannot reach Redis: nothing was written") from None
-        # Reads come from Postgres: a rate limiter that cannot be reached does not stop them.
         log.warning("api.rate_limit_unavailable", path=request.path, error=type(exc).__name__)
         return
     if not verdict.allowed:
-        raise ApiError(
-            429, f"too many requests: this token may send {settings.api_rate_per_s:g} per "
-                 f"second (bursts of {settings.api_rate_burst})",
-            headers={"Retry-After": verdict.retry_after_header},
-        )
+        raise _too_many(request, verdict)
+
+
+def _too_many(request: web.Request, verdict: Verdict) -> ApiError:
+    settings = request.app[SETTINGS]
+    return ApiError(
+        429, f"too many requests: this token may send {settings.api_rate_per_s:g} per "
+             f"second (bursts of {settings.api_rate_burst})",
+        headers={"Retry-After": verdict.retry_after_header},
+    )
 
 
 # --- reading a request --------------------------------------------------------------------
@@ -321,30 +332,31 @@ def _check_tenant(tenant: str, principal: Principal) -> None:
 # --- writing events -----------------------------------------------------------------------
 
 
-async def _write(request: web.Request, events: Sequence[AlertEvent]) -> list[str]:
-    """XADD the events (all or none: one transaction), bounded in time; 503 when Redis does
-    not answer in time. A 503 after a timeout may hide a write that happened: the client's
-    retry with the same Idempotency-Key (event_id) is then the same event."""
+async def _write(request: web.Request, principal: Principal,
+                 events: Sequence[AlertEvent]) -> list[str]:
+    """Take the request's place in the token's rate and XADD the events, in one atomic
+    round trip (all or none), bounded in time; 429 over the rate, 503 when Redis does not
+    answer in time. A 503 after a timeout may hide a write that happened: the client's retry
+    with the same Idempotency-Key (event_id) is then the same event."""
     stream = Keys(request.app[SETTINGS].redis_prefix).events
-    client = request.app[REDIS]
+    entries = [event.to_entry()["event"] for event in events]
     try:
         async with asyncio.timeout(STREAM_WRITE_TIMEOUT_S):
-            if len(events) == 1:
-                ids = [await client.xadd(stream, events[0].to_entry())]  # type: ignore[arg-type]
-            else:
-                async with client.pipeline(transaction=True) as pipe:
-                    for event in events:
-                        pipe.xadd(stream, event.to_entry())  # type: ignore[arg-type]
-                    ids = await pipe.execute()
+            verdict, stream_ids = await request.app[LIMITER].admit(
+                principal.key_id, stream, entries)
     except _REDIS_DOWN as exc:
         log.warning("api.redis_unavailable", path=request.path, error=type(exc).__name__)
         raise _unavailable("cannot reach Redis: the event was not accepted; retry later "
                            "with the same Idempotency-Key") from None
-    stream_ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-    for event, stream_id in zip(events, stream_ids, strict=True):
-        log.info("api.event_accepted", alert_id=event.alert_id, tenant=event.tenant,
-                 action=event.action, event_id=event.event_id, stream_id=stream_id,
-                 token=request.get(ACTOR))
+    if not verdict.allowed:
+        raise _too_many(request, verdict)
+    # The request's access-log line says what it wrote: one line per request.
+    if len(events) == 1:
+        request[LOG_FIELDS] = {"alert_id": events[0].alert_id, "action": events[0].action,
+                               "event_id": events[0].event_id, "stream_id": stream_ids[0]}
+    else:
+        request[LOG_FIELDS] = {"alert_ids": [e.alert_id for e in events],
+                               "stream_ids": stream_ids}
     return stream_ids
 
 
@@ -354,25 +366,38 @@ async def fire_alert(request: web.Request, principal: Principal) -> web.Response
     _apply_idempotency_key(request, data)
     event = _validate_event(data)
     _check_tenant(event.tenant, principal)
-    [stream_id] = await _write(request, [event])
+    [stream_id] = await _write(request, principal, [event])
     return _json(202, Accepted.of(stream_id, event.alert_id))
 
 
-async def resolve_alert(request: web.Request, principal: Principal) -> web.Response:
-    body = await _read_json(request, optional=True)
-    if body is not None:
-        try:
-            tenant = ResolveRequest.model_validate(_object(body, "or no body")).tenant
-        except pydantic.ValidationError as exc:
-            raise _invalid("invalid request", describe_errors(exc)) from None
-        if tenant is not None:
-            _check_tenant(tenant, principal)
-    data: dict[str, Any] = {"alert_id": request.match_info["alert_id"], "action": "resolve",
-                            "tenant": principal.tenant}
-    _apply_idempotency_key(request, data)
-    event = _validate_event(data)
-    [stream_id] = await _write(request, [event])
-    return _json(202, Accepted.of(stream_id, event.alert_id))
+def _alert_action(action: str, body_model: type[ResolveRequest]) -> Handler:
+    """The handler of ``POST /v1/alerts/{alert_id}/<action>``: the event of that action, for
+    the alert in the path, in the token's tenant; the body is optional."""
+
+    async def handle(request: web.Request, principal: Principal) -> web.Response:
+        data: dict[str, Any] = {"alert_id": request.match_info["alert_id"], "action": action,
+                                "tenant": principal.tenant}
+        body = await _read_json(request, optional=True)
+        if body is not None:
+            raw = _object(body, "or no body")
+            try:
+                fields = body_model.model_validate(raw)
+            except pydantic.ValidationError as exc:
+                raise _invalid("invalid request", describe_errors(exc)) from None
+            if fields.tenant is not None:
+                _check_tenant(fields.tenant, principal)
+            # The event model checks the values, in its own words (null included).
+            data.update({key: value for key, value in raw.items() if key != "tenant"})
+        _apply_idempotency_key(request, data)
+        event = _validate_event(data)
+        [stream_id] = await _write(request, principal, [event])
+        return _json(202, Accepted.of(stream_id, event.alert_id))
+
+    return handle
+
+
+resolve_alert = _alert_action("resolve", ResolveRequest)
+ack_alert = _alert_action("ack", AckRequest)
 
 
 async def alertmanager_webhook(request: web.Request, principal: Principal) -> web.Response:
@@ -400,7 +425,7 @@ async def alertmanager_webhook(request: web.Request, principal: Principal) -> we
             errors.extend((f"alerts.{i}.{field}", reason) for field, reason in describe_errors(exc))
     if errors:
         raise _invalid("invalid Alertmanager payload", errors)
-    stream_ids = await _write(request, events) if events else []
+    stream_ids = await _write(request, principal, events)
     return _json(202, AcceptedEvents(events=[
         AcceptedEvent(alert_id=e.alert_id, action=e.action, stream_id=sid,
                       links=Links.to_alert(e.alert_id))
@@ -543,6 +568,13 @@ ROUTES: tuple[Route, ...] = (
         params=(_ALERT_ID, _IDEMPOTENCY_KEY),
         responses={202: ("On the stream.", Accepted)}, errors=_EVENT_ERRORS,
     ), resolve_alert, writes=True),
+    Route(Operation(
+        "POST", "/v1/alerts/{alert_id}/ack", "ackAlert",
+        "Acknowledge an alert: someone is on it; calling stops (as pressing 1 on a call).",
+        scope=TokenScope.FIRE, body=AckRequest, body_required=False,
+        params=(_ALERT_ID, _IDEMPOTENCY_KEY),
+        responses={202: ("On the stream.", Accepted)}, errors=_EVENT_ERRORS,
+    ), ack_alert, writes=True),
     Route(Operation(
         "POST", "/v1/integrations/alertmanager", "alertmanagerWebhook",
         "Alertmanager's (or Grafana's) webhook: one event per alert; resolved alerts resolve.",

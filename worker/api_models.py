@@ -89,6 +89,21 @@ class ResolveRequest(_Body):
     tenant: Identifier | None = None
 
 
+def _string_only(schema: dict[str, Any]) -> None:
+    """Describe an optional field that refuses null (leave it out instead) as a string."""
+    variants = schema.pop("anyOf", [])
+    schema.update(next((v for v in variants if v.get("type") != "null"), {}))
+    schema.pop("default", None)
+
+
+class AckRequest(ResolveRequest):
+    """Optional body of an acknowledgement: who is on it, recorded on the alert. Checked as
+    the event's ``acknowledged_by`` (null is refused: leave the field out)."""
+
+    acknowledged_by: Identifier | None = Field(
+        default=None, description="Who is on it.", json_schema_extra=_string_only)
+
+
 # --- Alertmanager -------------------------------------------------------------------------
 
 
@@ -125,7 +140,8 @@ class CallView(_Body):
     """One call of an alert. The phone is masked (`+1415•••0100`), like every log line."""
 
     id: int
-    position: int = Field(description="0-based ring order.")
+    round: int = Field(description="The round that placed it (1-based).")
+    position: int = Field(description="0-based ring order within the round.")
     member: str
     phone: str
     status: str
@@ -137,16 +153,19 @@ class CallView(_Body):
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    acknowledged_at: datetime | None = Field(description="When 1 was pressed on this call.")
+    acknowledged_by: str | None
 
     @classmethod
     def of(cls, call: AlertCall) -> CallView:
         return cls(
-            id=call.id, position=call.position, member=call.member_name,
+            id=call.id, round=call.round, position=call.position, member=call.member_name,
             phone=mask_phone_numbers(call.phone), status=call.status, attempts=call.attempts,
             error_code=call.error_code,
             error_message=mask_phone_numbers(call.error_message) if call.error_message else None,
             answered_by=call.answered_by, duration_s=call.duration_s,
             created_at=call.created_at, updated_at=call.updated_at, ended_at=call.ended_at,
+            acknowledged_at=call.acknowledged_at, acknowledged_by=call.acknowledged_by,
         )
 
 
@@ -166,6 +185,11 @@ class AlertSummary(_Body):
     received_at: datetime
     updated_at: datetime
     resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None = Field(description="Who acknowledged (keypress or ack event).")
+    round: int = Field(description="The round being called (1-based).")
+    rounds: int = Field(description="Rounds at most, until someone acknowledges.")
+    next_round_at: datetime | None = Field(description="When the next round starts, if one is due.")
     links: Links
 
     @classmethod
@@ -176,6 +200,8 @@ class AlertSummary(_Body):
             "event_id": row.event_id, "stream_id": row.stream_id, "duplicates": row.duplicates,
             "last_duplicate_at": row.last_duplicate_at, "received_at": row.received_at,
             "updated_at": row.updated_at, "resolved_at": row.resolved_at,
+            "acknowledged_at": row.acknowledged_at, "acknowledged_by": row.acknowledged_by,
+            "round": row.round, "rounds": row.rounds, "next_round_at": row.next_round_at,
             "links": Links.to_alert(row.alert_id),
         }
 

@@ -12,7 +12,7 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -722,7 +722,8 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
 
 _ALERT_COLUMNS = (
     "id, tenant, alert_id, group_name, message, mode, status, event_id, stream_id, duplicates,"
-    " last_duplicate_at, received_at, updated_at, resolved_at"
+    " last_duplicate_at, received_at, updated_at, resolved_at, acknowledged_at,"
+    " acknowledged_by, round, rounds, next_round_at"
 )
 
 
@@ -749,10 +750,11 @@ async def alerts_with_calls(
         return []
     calls = await db.fetch(
         """
-        SELECT alert, id, position, member_name, phone, status, attempts, error_code,
-               error_message, answered_by, duration_s, created_at, updated_at, ended_at
+        SELECT alert, id, round, position, member_name, phone, status, attempts, error_code,
+               error_message, answered_by, duration_s, created_at, updated_at, ended_at,
+               acknowledged_at, acknowledged_by
         FROM calls WHERE alert = ANY($1::bigint[])
-        ORDER BY alert, position
+        ORDER BY alert, round, position
         """,
         [r["id"] for r in rows],
     )
@@ -799,7 +801,8 @@ _TOKEN_COLUMNS = "id, tenant, name, scope, key_id, token_sha256, created_at, rev
 
 
 def _token(row: asyncpg.Record) -> ApiToken:
-    return ApiToken(**{**dict(row), "scope": TokenScope(row["scope"])})
+    fields = {k: v for k, v in dict(row).items() if k != "pg_notify"}
+    return ApiToken(**{**fields, "scope": TokenScope(row["scope"])})
 
 
 async def insert_token(
@@ -832,18 +835,40 @@ async def list_tokens(db: Executor, tenant: str | None = None) -> list[ApiToken]
     return [_token(r) for r in rows]
 
 
+#: Revocations are announced on this channel (the payload is the key id), at commit.
+TOKENS_CHANNEL = "voicealert_token_revoked"
+
+
 async def revoke_token(db: Executor, tenant: str, name: str) -> ApiToken | None:
-    """Revoke the tenant's live token of that name; None when there is none."""
+    """Revoke the tenant's live token of that name, and announce it to every web process
+    (NOTIFY, delivered at commit); None when there is none."""
     row = await db.fetchrow(
         f"""
-        UPDATE api_tokens SET revoked_at = now()
-        WHERE tenant = $1 AND name = $2 AND revoked_at IS NULL
-        RETURNING {_TOKEN_COLUMNS}
+        WITH revoked AS (
+            UPDATE api_tokens SET revoked_at = now()
+            WHERE tenant = $1 AND name = $2 AND revoked_at IS NULL
+            RETURNING {_TOKEN_COLUMNS}
+        )
+        SELECT revoked.*, pg_notify($3, revoked.key_id) FROM revoked
         """,  # noqa: S608 - the interpolated part is a constant column list
         tenant,
         name,
+        TOKENS_CHANNEL,
     )
     return _token(row) if row else None
+
+
+async def listen_to_token_revocations(conn: Connection, forget: Callable[[str], None]) -> None:
+    """Call ``forget(key_id)`` for every revocation announced from now on."""
+
+    def on_notification(_conn: Connection, _pid: int, _channel: str, key_id: object) -> None:
+        forget(str(key_id))
+
+    await conn.add_listener(TOKENS_CHANNEL, on_notification)
+
+
+async def ping(db: Executor) -> None:
+    await db.fetchval("SELECT 1")
 
 
 async def token_by_key_id(db: Executor, key_id: str) -> ApiToken | None:

@@ -260,6 +260,7 @@ class AlertCall:
     """One call of an alert, as ``GET /v1/alerts/{alert_id}`` shows it."""
 
     id: int
+    round: int
     position: int
     member_name: str
     phone: str
@@ -272,6 +273,8 @@ class AlertCall:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
 
 
 @dataclass(frozen=True)
@@ -292,6 +295,11 @@ class AlertRow:
     received_at: datetime
     updated_at: datetime
     resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    round: int
+    rounds: int
+    next_round_at: datetime | None
     calls: list[AlertCall]
 
 

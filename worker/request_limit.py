@@ -2,13 +2,18 @@
 
 GCRA in one Redis key per token, shared by every web process: a token may send ``burst``
 requests at once, then one every ``1/rate`` seconds. A refused request changes nothing
-and learns when the next one will be allowed (``Retry-After``). One round trip, no
-per-request keys, and the key expires once the token is idle.
+and learns when the next one will be allowed (``Retry-After``). No per-request keys, and
+the key expires once the token is idle.
+
+A request that writes events takes its place in the rate and XADDs them in the same script
+(``admit``): one round trip, atomic, so a refused request writes nothing and an admitted
+one costs what a bare XADD costs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -16,6 +21,7 @@ import redis.asyncio
 from worker.keys import Keys
 
 # Times are microseconds from Redis's own clock, so every web process agrees on "now".
+# KEYS[1]: the token's rate key; KEYS[2] (admit only): the stream; ARGV[3..]: the events.
 _ACQUIRE = """
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
@@ -29,7 +35,11 @@ if new_tat - now_us > tolerance + interval then
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX',
            math.ceil((new_tat - now_us) / 1000) + 1000)
-return {1, 0}
+local ids = {}
+for i = 3, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', 'event', ARGV[i])
+end
+return {1, 0, ids}
 """
 
 
@@ -53,8 +63,19 @@ class RequestLimiter:
         self._tolerance_us = self._interval_us * (burst - 1)
 
     async def acquire(self, key_id: str) -> Verdict:
-        allowed, wait_us = await self._acquire(
-            keys=[self._keys.api_requests(key_id)],
-            args=[str(self._interval_us), str(self._tolerance_us)],
-        )
-        return Verdict(allowed=bool(allowed), retry_after_s=max(0, int(wait_us)) / 1_000_000)
+        """Take a place in the token's rate (a request that writes nothing)."""
+        verdict, _ = await self.admit(key_id, None, [])
+        return verdict
+
+    async def admit(
+        self, key_id: str, stream: str | None, events: Sequence[str]
+    ) -> tuple[Verdict, list[str]]:
+        """Take a place in the rate and, if allowed, XADD each event (the ``event`` field's
+        JSON) to ``stream``; returns the verdict and the entry ids written."""
+        keys = [self._keys.api_requests(key_id)] + ([stream] if stream is not None else [])
+        reply = await self._acquire(
+            keys=keys, args=[str(self._interval_us), str(self._tolerance_us), *events])
+        allowed, wait_us = reply[0], reply[1]
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in reply[2]] if allowed else []
+        verdict = Verdict(allowed=bool(allowed), retry_after_s=max(0, int(wait_us)) / 1_000_000)
+        return verdict, ids

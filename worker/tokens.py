@@ -8,12 +8,19 @@ guessing of low-entropy secrets that people choose; a 256-bit random secret cann
 guessed, so a plain digest is as safe here, and costs microseconds per request instead of
 the tens of milliseconds a KDF is tuned to cost. Digests are compared in constant time.
 
-Revocation is effective at once: while Postgres answers, every request is checked against
-its row (one indexed query), with no cache. While Postgres does not answer, a token this
-process checked successfully in the last ``FALLBACK_MAX_AGE_S`` is still accepted, so
-alerts keep flowing into the stream during a database outage (the workers store them when
-it ends); ``refresh`` drops revoked tokens from that memory every ``REFRESH_INTERVAL_S``, so
-a revocation made before the outage is honoured within that interval.
+**Revocation is effective at once.** A token checked in Postgres is remembered by the web
+process, and a remembered token is not looked up again while the process *listens* to
+revocations: ``tokens revoke`` sends a Postgres ``NOTIFY`` in its own transaction, which
+every listening web process receives within milliseconds of the commit and forgets the
+token. While the listening connection is down (not connected yet, lost, Postgres
+restarting) nothing remembered is trusted: every request is checked in Postgres, and a
+reconnected listener first drops whatever was revoked meanwhile. So the memory never
+outlives a revocation, and it saves a Postgres round trip on almost every request.
+
+**Postgres down.** While Postgres cannot be reached at all, a token this process checked in
+the last ``FALLBACK_MAX_AGE_S`` is still accepted (logged ``api.token_accepted_from_memory``),
+so alerts keep flowing into the stream during a database outage, for the workers to store
+when it ends. A token never checked by this process answers 503.
 """
 
 from __future__ import annotations
@@ -42,10 +49,13 @@ _TOKEN_RE = re.compile(r"^va_(?P<key_id>[0-9a-f]{16})_(?P<secret>[A-Za-z0-9_-]{4
 
 #: Bound of the token lookup; beyond it Postgres counts as unreachable.
 LOOKUP_TIMEOUT_S = 2.0
+#: A remembered token is checked in Postgres again after this long, even while listening.
+REMEMBER_S = 60.0
 #: During a Postgres outage, how long a token checked before it stays accepted.
 FALLBACK_MAX_AGE_S = 900.0
-#: How often revoked tokens are dropped from the outage fallback.
-REFRESH_INTERVAL_S = 5.0
+#: The listening connection: how often it is probed, and how soon it is reopened.
+LISTENER_PROBE_S = 5.0
+LISTENER_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,12 +120,22 @@ class TokenVerifier:
         self._clock = clock
         self._fallback_max_age_s = fallback_max_age_s
         self._checked: dict[str, _Checked] = {}
+        #: True while a connection listens to revocations: only then is memory trusted.
+        self.listening = False
 
     async def verify(self, token: str) -> Principal:
         key_id = key_id_of(token)
         if key_id is None:
             raise InvalidToken("malformed token")
         presented = digest(token)
+        remembered = self._checked.get(key_id)
+        if (
+            self.listening
+            and remembered is not None
+            and self._clock() - remembered.checked_at < REMEMBER_S
+            and hmac.compare_digest(remembered.digest, presented)
+        ):
+            return remembered.principal
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT_S):
                 row = await db.token_by_key_id(self._pool, key_id)
@@ -124,7 +144,8 @@ class TokenVerifier:
         if row is None or row.revoked_at is not None or not hmac.compare_digest(
             row.token_sha256, presented
         ):
-            self._checked.pop(key_id, None)
+            if row is None or row.revoked_at is not None:
+                self._checked.pop(key_id, None)
             raise InvalidToken("unknown or revoked token")
         principal = _principal(row)
         self._checked[key_id] = _Checked(presented, principal, self._clock())
@@ -143,6 +164,10 @@ class TokenVerifier:
                     error=type(error).__name__)
         return checked.principal
 
+    def forget(self, key_id: str) -> None:
+        """A revocation was announced: never accept this token from memory again."""
+        self._checked.pop(key_id, None)
+
     async def refresh(self) -> None:
         """Forget tokens revoked (or checked too long ago) since they were last checked."""
         now = self._clock()
@@ -156,12 +181,34 @@ class TokenVerifier:
         for key_id in set(self._checked) - live:
             self._checked.pop(key_id, None)
 
-    async def refresh_forever(self) -> None:
+    async def listen_forever(self, database_url: str) -> None:
+        """Hold a connection listening to revocations; reopen it whenever it is lost."""
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL_S)
-            # An outage is what the fallback is for: try again next interval.
-            with contextlib.suppress(*DATABASE_UNAVAILABLE):
-                await self.refresh()
+            try:
+                await self._listen(database_url)
+            except DATABASE_UNAVAILABLE as exc:
+                log.debug("api.token_listener_unavailable", error=type(exc).__name__)
+            finally:
+                self.listening = False
+            await asyncio.sleep(LISTENER_RETRY_S)
+
+    async def _listen(self, database_url: str) -> None:
+        conn = await db.connect(database_url)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        try:
+            await db.listen_to_token_revocations(conn, self.forget)
+            await self.refresh()  # what was revoked while nobody listened
+            self.listening = True
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), LISTENER_PROBE_S)
+                if not lost.is_set():  # a silent network loss shows only when we ask
+                    async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                        await db.ping(conn)
+        finally:
+            self.listening = False
+            conn.terminate()
 
 
 def _principal(row: ApiToken) -> Principal:

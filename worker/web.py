@@ -48,7 +48,7 @@ from worker import api, db
 from worker.config import Settings, redact_url
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
-from worker.web_support import ACTOR, DB, REDIS, SETTINGS, error_response
+from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS, error_response
 
 log = get_logger(__name__)
 
@@ -180,8 +180,9 @@ def _scrub(text: str) -> str:
 
 
 class AccessLog(AbstractAccessLogger):
-    """One ``web.request`` line per request: method, path, status, duration and who
-    (``tenant/token-name``), never a header; phone numbers masked like every line."""
+    """One ``web.request`` line per request: method, path, status, duration, who
+    (``tenant/token-name``) and what the handler added (``LOG_FIELDS``: the alert and stream
+    ids it wrote); never a header; phone numbers masked like every line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         if request.path in _PROBES and response.status < 400:
@@ -189,7 +190,7 @@ class AccessLog(AbstractAccessLogger):
         log.info("web.request", method=request.method, path=_scrub(request.path),
                  query=_scrub(request.query_string) or None, status=response.status,
                  duration_ms=round(time * 1000, 1), actor=request.get(ACTOR),
-                 remote=request.remote)
+                 remote=request.remote, **request.get(LOG_FIELDS, {}))
 
 
 class BadRequestsInOneLine(logging.Filter):

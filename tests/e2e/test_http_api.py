@@ -28,11 +28,12 @@ from tests.helpers import (
     all_calls_completed,
     make_group,
     make_token,
+    statuses_of,
     stream_entries,
     wait_for,
 )
 from worker import db
-from worker.models import AlertStatus, NewAlert, StatusSource
+from worker.models import AlertStatus, CallStatus, NewAlert, StatusSource
 
 EVENT = {"alert_id": "db-down", "group": "oncall", "message": "Primary database is down"}
 
@@ -114,6 +115,38 @@ async def test_an_idempotency_key_retried_five_times_rings_once(
     assert len(history.body["alerts"]) == 1
 
 
+async def test_an_ack_stops_the_calling_and_reads_back_who_is_on_it(
+    spawn_web: SpawnWeb, spawn_worker: SpawnWorker, db_conn: asyncpg.Connection,
+    database_url: str, fake_twilio: FakeTwilio,
+) -> None:
+    fake_twilio.ring_s = 30.0  # nobody answers: the ack must stop the ringing
+    await make_group(db_conn, "oncall", PHONES)
+    token = await make_token(database_url)
+    web = await spawn_web().up()
+    worker = spawn_worker()
+    await worker.ready()
+    assert (await web.request("POST", "/v1/alerts", token=token, json_body=EVENT)).status == 202
+
+    async def ringing() -> bool:
+        statuses = await statuses_of(db_conn, "db-down")
+        return len(statuses) == 3 and set(statuses) <= {CallStatus.QUEUED, CallStatus.RINGING}
+
+    await wait_for(ringing, 20, "every member ringing")
+    acked = await web.request("POST", "/v1/alerts/db-down/ack", token=token,
+                              json_body={"acknowledged_by": "alice"})
+    assert acked.status == 202, acked
+    assert acked.body["links"] == {"self": "/v1/alerts/db-down"}
+
+    async def stopped() -> bool:
+        return await statuses_of(db_conn, "db-down") == [CallStatus.CANCELED] * 3
+
+    await wait_for(stopped, 20, "the ringing calls hung up")
+    read = await web.request("GET", "/v1/alerts/db-down", token=token)
+    assert (read.body["status"], read.body["acknowledged_by"]) == ("acknowledged", "alice")
+    assert read.body["acknowledged_at"] is not None
+    assert {c["status"] for c in read.body["calls"]} == {"canceled"}
+
+
 # --- tenants and tokens -------------------------------------------------------------------
 
 
@@ -126,7 +159,7 @@ async def _stored_alert(conn: asyncpg.Connection, tenant: str, alert_id: str) ->
     await db.create_alert(conn, alert, [], StatusSource.WORKER)
 
 
-async def test_a_token_of_tenant_a_cannot_fire_read_or_resolve_in_tenant_b(
+async def test_a_token_of_tenant_a_cannot_fire_read_resolve_or_ack_in_tenant_b(
     spawn_web: SpawnWeb, db_conn: asyncpg.Connection, database_url: str,
     text_redis: redis.asyncio.Redis, prefix: str,
 ) -> None:
@@ -139,9 +172,11 @@ async def test_a_token_of_tenant_a_cannot_fire_read_or_resolve_in_tenant_b(
                              json_body={**EVENT, "tenant": "tenant-b"})
     resolve = await web.request("POST", "/v1/alerts/b-disk/resolve", token=token_a,
                                 json_body={"tenant": "tenant-b"})
+    ack = await web.request("POST", "/v1/alerts/b-disk/ack", token=token_a,
+                            json_body={"tenant": "tenant-b", "acknowledged_by": "mallory"})
     am = await web.request("POST", "/v1/integrations/alertmanager?group=oncall", token=token_a,
                            json_body={"alerts": []}, headers={})
-    assert (fire.status, resolve.status) == (403, 403)
+    assert (fire.status, resolve.status, ack.status) == (403, 403, 403)
     assert am.status == 202  # an empty payload: nothing to write, in its own tenant only
     assert await stream_entries(text_redis, prefix) == []
 
@@ -216,8 +251,9 @@ async def test_no_token_appears_in_any_log_line_and_phones_are_masked(
     assert len(requests) == 7
     assert {e["actor"] for e in requests if e["status"] < 300} == {"acme/ci"}
     assert any(e["path"] == "/v1/alerts/+1415•••0100" for e in requests)
-    accepted = [e for e in web.log_events() if e.get("event") == "api.event_accepted"]
+    accepted = [e for e in requests if e["status"] == 202]
     assert [e["alert_id"] for e in accepted] == ["db-down", "call +1415•••0101"]
+    assert all(e["stream_id"] for e in accepted)
 
 
 # --- serving it safely --------------------------------------------------------------------
@@ -286,7 +322,7 @@ async def _at_least(items: list[str], count: int) -> bool:
 # --- the producer's HTTP mode -------------------------------------------------------------
 
 
-async def test_http_producer_fires_and_resolves_like_the_redis_producer(
+async def test_http_producer_fires_resolves_and_acks_like_the_redis_producer(
     spawn_web: SpawnWeb, database_url: str, text_redis: redis.asyncio.Redis, prefix: str,
 ) -> None:
     token = await make_token(database_url, "acme", "service")
@@ -295,19 +331,23 @@ async def test_http_producer_fires_and_resolves_like_the_redis_producer(
         fired = await producer.fire(alert_id="db-down", group="oncall", message="Disk\x07 full",
                                     metadata={"host": "db-1"}, event_id="ev-1")
         resolved = await producer.resolve(alert_id="db-down")
+        acked = await producer.ack(alert_id="db-down", tenant="acme", acknowledged_by="bob")
         with pytest.raises(ValidationError) as invalid:
             await producer.fire(alert_id="db-down", group="oncall", message=" ")
         with pytest.raises(ProducerError) as other_tenant:
             await producer.fire(alert_id="x", group="oncall", message="m", tenant="globex")
 
     entries = await stream_entries(text_redis, prefix)
-    assert [stream_id for stream_id, _ in entries] == [fired, resolved]
+    assert [stream_id for stream_id, _ in entries] == [fired, resolved, acked]
     assert events_on(entries) == [
         {"alert_id": "db-down", "group": "oncall", "message": "Disk full", "tenant": "acme",
          "dedup_window_s": 300, "action": "trigger", "mode": "parallel",
          "metadata": {"host": "db-1"}, "event_id": "ev-1"},
         {"alert_id": "db-down", "tenant": "acme", "dedup_window_s": 300, "action": "resolve",
          "mode": "parallel", "metadata": {}, "event_id": events_on(entries)[1]["event_id"]},
+        {"alert_id": "db-down", "tenant": "acme", "dedup_window_s": 300, "action": "ack",
+         "mode": "parallel", "metadata": {}, "event_id": events_on(entries)[2]["event_id"],
+         "acknowledged_by": "bob"},
     ]
     assert (invalid.value.field, invalid.value.reason) == ("message", "must not be blank")
     assert other_tenant.value.status == 403

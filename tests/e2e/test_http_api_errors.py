@@ -162,6 +162,7 @@ async def test_the_right_key_id_with_a_wrong_secret_is_401(api: Api) -> None:
 
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/alerts/db-down/resolve"),
+    ("POST", "/v1/alerts/db-down/ack"),
     ("POST", "/v1/integrations/alertmanager?group=oncall"),
     ("GET", "/v1/alerts/db-down"),
     ("GET", "/v1/alerts"),
@@ -282,6 +283,18 @@ async def test_a_resolve_body_with_unknown_fields_is_400(api: Api) -> None:
     answer = await api.call("POST", "/v1/alerts/db-down/resolve", json_body={"reason": "fixed"})
     assert answer.status == 400
     assert answer.body["errors"][0]["field"] == "reason"
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"by": "alice"}, "by"),
+    ({"acknowledged_by": "al\nice"}, "acknowledged_by"),
+    ({"acknowledged_by": None}, "acknowledged_by"),
+    ({"acknowledged_by": "x" * 201}, "acknowledged_by"),
+])
+async def test_an_ack_with_a_bad_body_is_400(api: Api, body: dict[str, Any], field: str) -> None:
+    answer = await api.call("POST", "/v1/alerts/db-down/ack", json_body=body)
+    assert answer.status == 400
+    assert answer.body["errors"][0]["field"] == field
 
 
 async def test_an_unknown_query_parameter_is_400_not_ignored(api: Api) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import asyncpg
 import pytest
 import redis.asyncio
 
-from tests.helpers import make_token
+from tests.helpers import make_token, wait_for
 from worker import db, tokens
 from worker.keys import Keys
 from worker.models import TokenScope
@@ -112,3 +114,51 @@ async def test_the_rate_limit_allows_a_burst_then_one_per_interval(
         assert 0 < await client.pttl(Keys(prefix).api_requests("k1")) <= 2000  # expires idle
     finally:
         await client.aclose()
+
+
+async def _refused(verifier: TokenVerifier, token: str) -> bool:
+    try:
+        await verifier.verify(token)
+    except InvalidToken:
+        return True
+    return False
+
+
+async def test_a_listening_verifier_remembers_tokens_and_forgets_revoked_ones_at_once(
+    pool: asyncpg.Pool, database_url: str, db_conn: asyncpg.Connection
+) -> None:
+    token = await make_token(database_url, "acme", "ci")
+    other = await make_token(database_url, "acme", "other")
+    verifier = TokenVerifier(pool)
+    listener = asyncio.create_task(verifier.listen_forever(database_url))
+    try:
+        await wait_for(partial(_true, lambda: verifier.listening), 10, "listening")
+        await verifier.verify(token)
+        await verifier.verify(other)
+        # Remembered: not looked up again (a row deleted behind its back is not noticed)...
+        await db_conn.execute("DELETE FROM api_tokens WHERE name = 'ci'")
+        assert (await verifier.verify(token)).name == "ci"
+        # ...but a revocation is announced, and forgotten within a moment of the commit.
+        started = time.monotonic()
+        await db.revoke_token(db_conn, "acme", "other")
+        await wait_for(partial(_refused, verifier, other), 5, "the revoked token refused")
+        assert time.monotonic() - started < 1.0
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+    assert not verifier.listening
+
+
+async def test_without_a_listener_every_request_is_checked_in_postgres(
+    pool: asyncpg.Pool, database_url: str, db_conn: asyncpg.Connection
+) -> None:
+    token = await make_token(database_url, "acme", "ci")
+    verifier = TokenVerifier(pool)  # not listening: memory is not trusted
+    await verifier.verify(token)
+    await db_conn.execute("DELETE FROM api_tokens WHERE name = 'ci'")
+    with pytest.raises(InvalidToken):
+        await verifier.verify(token)
+
+
+async def _true(predicate: Callable[[], bool]) -> bool:
+    return predicate()
