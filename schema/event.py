@@ -12,6 +12,7 @@ import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
+import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -74,13 +75,32 @@ def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_phone(value: str) -> str:
-    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise."""
+    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise.
+
+    Checks the shape only (the caller id, which the provider validates itself); members'
+    numbers are also checked against their country's numbering plan (``valid_phone``).
+    """
     candidate = _PHONE_SEPARATORS_RE.sub("", value.strip())
     if candidate.startswith("00"):
         candidate = "+" + candidate[2:]
     if not E164_RE.match(candidate):
         raise ValueError("must be a phone number in E.164 format, like +14155550100")
     return candidate
+
+
+def valid_phone(value: str) -> str:
+    """``value`` as E.164 when it is a number its country could dial (``+12`` or
+    ``+1415555`` have the shape but not the digits: they would only fail at the provider,
+    at 3 a.m.). Uses libphonenumber's numbering plans (the ``phonenumbers`` package)."""
+    candidate = normalize_phone(value)
+    try:
+        number = phonenumbers.parse(candidate, None)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number):
+        raise ValueError("must be a valid phone number for its country, in E.164 format "
+                         "like +14155550100 (check the country code and the digits)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _never_null(schema: dict[str, Any]) -> None:
@@ -91,12 +111,15 @@ def _never_null(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+IDENTIFIER_MAX_LENGTH = 200
 # No control characters in names: they end up in Redis keys, SQL text columns (Postgres
 # refuses NUL outright) and log lines.
+IDENTIFIER_PATTERN = r"^[^\x00-\x1F\x7F]+$"
 Identifier = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1F\x7F]+$"
+        strip_whitespace=True, min_length=1, max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
     ),
 ]
 Message = Annotated[
@@ -105,7 +128,7 @@ Message = Annotated[
     AfterValidator(_clean_message),
 ]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata_size)]
-Phone = Annotated[str, AfterValidator(normalize_phone)]
+Phone = Annotated[str, AfterValidator(valid_phone)]
 
 
 class AlertEvent(BaseModel):
@@ -218,7 +241,11 @@ class AlertEvent(BaseModel):
 
 
 class Member(BaseModel):
-    """One member of an alert group, in ring order."""
+    """One member of an alert group, in ring order (a whole group: ``schema.group``).
+
+    Rows read back from the database are built without validation (``model_construct``):
+    a stored member stays callable when libphonenumber's plans change.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -234,6 +261,8 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
         field = ".".join(str(part) for part in error.get("loc", ()))
         if error["type"] == "string_pattern_mismatch":
             reason = "must not contain control characters"
+        elif error["type"] == "string_unicode":  # an unpaired surrogate, e.g. "\ud800"
+            reason = "must be valid Unicode text"
         else:
             reason = str(error["msg"]).removeprefix("Value error, ")
         if not field and ": " in reason:  # a model-level check that names its field itself
