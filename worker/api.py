@@ -28,7 +28,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from schema import AlertEvent, describe_errors
+from schema import AlertEvent, GroupKey, GroupSpec, describe_errors
 from schema.event import Identifier
 from worker import alertmanager, db
 from worker.api_models import (
@@ -43,6 +43,9 @@ from worker.api_models import (
     AlertView,
     ErrorBody,
     FieldError,
+    GroupBody,
+    GroupList,
+    GroupView,
     Links,
     ResolveRequest,
 )
@@ -523,6 +526,59 @@ async def list_alerts(request: web.Request, principal: Principal) -> web.Respons
                                 next_cursor=next_cursor))
 
 
+# --- group admin (admin scope) ------------------------------------------------------------
+
+
+def _group_key(request: web.Request, principal: Principal) -> GroupKey:
+    try:
+        return GroupKey(tenant=principal.tenant, name=request.match_info["name"])
+    except pydantic.ValidationError as exc:
+        raise _invalid("invalid request", describe_errors(exc)) from None
+
+
+async def list_groups(request: web.Request, principal: Principal) -> web.Response:
+    found = await _from_db(request, db.list_groups(request.app[DB], principal.tenant))
+    return _json(200, GroupList(groups=[GroupView.of(g) for g in found]))
+
+
+async def get_group(request: web.Request, principal: Principal) -> web.Response:
+    key = _group_key(request, principal)
+    group = await _from_db(request, db.get_group(request.app[DB], key.tenant, key.name))
+    if group is None:
+        raise ApiError(404, f"no group {key.name!r} in tenant {key.tenant!r}")
+    return _json(200, GroupView.of(group))
+
+
+async def put_group(request: web.Request, principal: Principal) -> web.Response:
+    """Create the group or replace its whole member list: 201 when created, else 200."""
+    key = _group_key(request, principal)
+    body = _object(await _read_json(request), "a group: {\"members\": [...]}")
+    unknown = sorted(set(body) - {"tenant", "members"})
+    if unknown:
+        raise _invalid("invalid group", [(k, "Extra inputs are not permitted") for k in unknown])
+    if body.get("tenant") is not None:
+        _check_tenant(_identifier(body["tenant"], "tenant"), principal)
+    try:
+        spec = GroupSpec.model_validate(
+            {"tenant": key.tenant, "name": key.name, "members": body.get("members")})
+    except pydantic.ValidationError as exc:
+        raise _invalid("invalid group", describe_errors(exc)) from None
+    except RecursionError:
+        raise _invalid("invalid group", [("members", "is nested too deeply")]) from None
+    group = await _from_db(request, db.upsert_group(
+        request.app[DB], spec.tenant, spec.name, spec.members))
+    request[LOG_FIELDS] = {"group": spec.name, "members": len(spec.members)}
+    return _json(201 if group.created_at == group.updated_at else 200, GroupView.of(group))
+
+
+async def delete_group(request: web.Request, principal: Principal) -> web.Response:
+    key = _group_key(request, principal)
+    if not await _from_db(request, db.delete_group(request.app[DB], key.tenant, key.name)):
+        raise ApiError(404, f"no group {key.name!r} in tenant {key.tenant!r}")
+    request[LOG_FIELDS] = {"group": key.name}
+    return web.Response(status=204)
+
+
 # --- the description ----------------------------------------------------------------------
 
 
@@ -543,6 +599,7 @@ def openapi() -> dict[str, Any]:
 
 
 _ALERT_ID = Param("alert_id", "path", "The alert's alert_id (URL-encoded).")
+_GROUP_NAME = Param("name", "path", "The group's name (URL-encoded).")
 _IDEMPOTENCY_KEY = Param(
     "Idempotency-Key", "header",
     "Becomes the event's event_id: retrying a POST with the same key is the same event, "
@@ -606,4 +663,27 @@ ROUTES: tuple[Route, ...] = (
         ),
         responses={200: ("A page of alerts.", AlertPage)}, errors=(400, 401, 403, 429, 503),
     ), list_alerts),
+    Route(Operation(
+        "GET", "/v1/groups", "listGroups", "The tenant's alert groups, by name.",
+        scope=TokenScope.ADMIN, responses={200: ("The groups.", GroupList)},
+        errors=(401, 403, 429, 503),
+    ), list_groups),
+    Route(Operation(
+        "GET", "/v1/groups/{name}", "getGroup", "One alert group: its members in ring order.",
+        scope=TokenScope.ADMIN, params=(_GROUP_NAME,),
+        responses={200: ("The group.", GroupView)}, errors=(400, 401, 403, 404, 429, 503),
+    ), get_group),
+    Route(Operation(
+        "PUT", "/v1/groups/{name}", "putGroup",
+        "Create the group, or replace its whole member list (same rules as `groups set`).",
+        scope=TokenScope.ADMIN, body=GroupBody, params=(_GROUP_NAME,),
+        responses={200: ("Replaced.", GroupView), 201: ("Created.", GroupView)},
+        errors=(400, 401, 403, 413, 415, 429, 503),
+    ), put_group),
+    Route(Operation(
+        "DELETE", "/v1/groups/{name}", "deleteGroup",
+        "Delete the group (alerts already raised keep their calls).",
+        scope=TokenScope.ADMIN, params=(_GROUP_NAME,),
+        responses={204: ("Deleted.", None)}, errors=(400, 401, 403, 404, 429, 503),
+    ), delete_group),
 )

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schema import Member
 from schema.event import Identifier
 from worker.logs import mask_phone_numbers
 from worker.models import AlertCall, AlertRow, Group
@@ -260,3 +261,12 @@ class GroupView(_Body):
 
 class GroupList(_Body):
     groups: list[GroupView]
+
+
+class GroupBody(_Body):
+    """A group's members in ring order (the name is the URL's, the tenant the token's);
+    checked by the same rules as ``voicealert groups set`` (schema/group.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tenant: Identifier | None = Field(default=None, description="If given, the token's.")
+    members: list[Member]

@@ -256,6 +256,45 @@ async def test_no_token_appears_in_any_log_line_and_phones_are_masked(
     assert all(e["stream_id"] for e in accepted)
 
 
+# --- group admin --------------------------------------------------------------------------
+
+
+async def test_an_admin_token_creates_replaces_reads_and_deletes_its_tenants_groups(
+    spawn_web: SpawnWeb, db_conn: asyncpg.Connection, database_url: str,
+) -> None:
+    await make_group(db_conn, "oncall", PHONES[:1], tenant="tenant-b")
+    admin = await make_token(database_url, "tenant-a", "ops", scope="admin")
+    web = await spawn_web().up()
+    members = [{"name": "Alice", "phone": "+1 (415) 555-0100"},
+               {"name": "Bob", "phone": "0044 20 7946 0958"}]
+
+    created = await web.request("PUT", "/v1/groups/oncall", token=admin,
+                                json_body={"members": members})
+    replaced = await web.request("PUT", "/v1/groups/oncall", token=admin,
+                                 json_body={"tenant": "tenant-a", "members": members[:1]})
+    read = await web.request("GET", "/v1/groups/oncall", token=admin)
+    listed = await web.request("GET", "/v1/groups", token=admin)
+
+    assert created.status == 201, created
+    assert created.body["members"] == [{"name": "Alice", "phone": "+14155550100"},
+                                       {"name": "Bob", "phone": "+442079460958"}]
+    assert (created.body["tenant"], created.body["name"]) == ("tenant-a", "oncall")
+    assert replaced.status == 200
+    assert read.body == replaced.body
+    assert read.body["members"] == [{"name": "Alice", "phone": "+14155550100"}]
+    assert [g["name"] for g in listed.body["groups"]] == ["oncall"]
+    # Tenant B's group of the same name was never touched.
+    b_group = await db.get_group(db_conn, "tenant-b", "oncall")
+    assert b_group is not None
+    assert [m.phone for m in b_group.members] == [PHONES[0]]
+
+    deleted = await web.request("DELETE", "/v1/groups/oncall", token=admin)
+    assert (deleted.status, deleted.body) == (204, None)
+    assert (await web.request("GET", "/v1/groups/oncall", token=admin)).status == 404
+    assert (await web.request("DELETE", "/v1/groups/oncall", token=admin)).status == 404
+    assert await db.get_group(db_conn, "tenant-b", "oncall") is not None
+
+
 # --- serving it safely --------------------------------------------------------------------
 
 

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import pydantic
 import pytest
 import redis
 
 from producers import ValidationError, build_event
+from schema import describe_errors, group_spec
 from tests.e2e.webs import Answer, WebProc
 from tests.helpers import (
     DATABASE_URL,
@@ -343,6 +345,76 @@ async def test_an_invalid_alertmanager_payload_is_400_and_writes_none_of_its_ale
                             json_body=payload)
     assert answer.status == 400
     assert field in [e["field"] for e in answer.body["errors"]]
+
+
+# --- group admin --------------------------------------------------------------------------
+
+
+GROUP = {"members": [{"name": "Alice", "phone": "+14155550100"}]}
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/v1/groups", None),
+    ("GET", "/v1/groups/oncall", None),
+    ("PUT", "/v1/groups/oncall", GROUP),
+    ("DELETE", "/v1/groups/oncall", None),
+])
+async def test_group_admin_needs_an_admin_token(
+    api: Api, method: str, path: str, body: Any
+) -> None:
+    answer = await api.call(method, path, json_body=body)  # a fire token
+    assert answer.status == 403
+    assert "admin" in answer.body["error"]
+    assert (await api.call(method, path, token=None, json_body=body)).status == 401
+    listed = await api.web.request("GET", "/v1/groups", token=api.tokens["admin"])
+    assert listed.body == {"groups": []}
+
+
+async def test_group_admin_refuses_another_tenant_in_the_body(api: Api) -> None:
+    answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
+                            json_body={**GROUP, "tenant": "globex"})
+    assert answer.status == 403
+
+
+@pytest.mark.parametrize("members", [
+    [{"name": "Alice", "phone": "+12"}],
+    [{"name": "Alice", "phone": "+14155550100"}, {"name": "alice", "phone": "+14155550101"}],
+    [{"name": "Alice", "phone": "+14155550100"}, {"name": "Bob", "phone": "+1 415 555 0100"}],
+    [{"name": "Al\x00ice", "phone": "+14155550100"}],
+    [{"name": "Alice", "phone": "+14155550100", "email": "a@example.com"}],
+    [{"name": "x" * 201, "phone": "+14155550100"}],
+    "Alice=+14155550100",
+    None,
+])
+async def test_a_group_is_checked_like_groups_set_and_nothing_is_written(
+    api: Api, members: Any
+) -> None:
+    answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
+                            json_body={"members": members})
+    assert answer.status == 400
+    with pytest.raises(pydantic.ValidationError) as refused:
+        group_spec("acme", "oncall", members)
+    assert answer.body["errors"] == [
+        {"field": f, "reason": r} for f, r in describe_errors(refused.value)]
+    assert (await api.call("GET", "/v1/groups/oncall", token="admin")).status == 404
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    ("/v1/groups/" + "g" * 201, "name"),
+    ("/v1/groups/on%09call", "name"),
+])
+async def test_a_bad_group_name_in_the_url_is_400(api: Api, path: str, field: str) -> None:
+    for method in ("GET", "PUT", "DELETE"):
+        answer = await api.call(method, path, token="admin", json_body=GROUP)
+        assert answer.status == 400
+        assert answer.body["errors"][0]["field"] == field
+
+
+async def test_a_group_body_with_unknown_fields_is_400(api: Api) -> None:
+    answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
+                            json_body={**GROUP, "rounds": "many", "owner": "me"})
+    assert answer.status == 400
+    assert [e["field"] for e in answer.body["errors"]] == ["owner", "rounds"]
 
 
 # --- 413, 415 -----------------------------------------------------------------------------
