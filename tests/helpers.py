@@ -10,6 +10,7 @@ fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -274,3 +275,14 @@ async def make_token(database_url: str, tenant: str = "default", name: str | Non
         await conn.close()
     assert row is not None
     return made.token
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """A process's JSON log lines as objects (lines that are not JSON objects are skipped)."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(record)
+    return out

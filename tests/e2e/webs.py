@@ -6,7 +6,6 @@ from here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from tests.helpers import json_lines
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,7 @@ class WebProc:
 
     def log_events(self) -> list[dict[str, Any]]:
         """The process's JSON log lines (other lines are skipped)."""
-        out = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
+        return json_lines(self.log_text())
 
     async def request(self, method: str, path: str, *, token: str | None = None,
                       json_body: Any = None, data: bytes | str | None = None,
