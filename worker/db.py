@@ -11,7 +11,7 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -24,8 +24,11 @@ from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
+    AlertCall,
     AlertProgress,
+    AlertRow,
     AlertStatus,
+    ApiToken,
     CallEvent,
     CallJob,
     CallRef,
@@ -35,11 +38,13 @@ from worker.models import (
     DeadLetter,
     Duplicate,
     Group,
+    Keypress,
     LiveCall,
     NewAlert,
     NewDeadLetter,
     StatusSource,
     StoredAlert,
+    TokenScope,
 )
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -343,6 +348,51 @@ async def acknowledge_alert(
     )
 
 
+async def acknowledge_call(conn: Connection, call_id: int) -> Keypress | None:
+    """The member on this call pressed 1: it is recorded on the call (and the rows merged
+    into it: one call, several alerts), and every alert spoken on it is acknowledged by that
+    member. None when there is no such call."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            """
+            UPDATE calls SET acknowledged_at = coalesce(acknowledged_at, now()),
+                             acknowledged_by = coalesce(acknowledged_by, member_name),
+                             updated_at = now()
+            WHERE id = $1 OR merged_into = $1
+            RETURNING id, alert, member_name
+            """,
+            call_id,
+        )
+        if not rows:
+            return None
+        member = next(r["member_name"] for r in rows if r["id"] == call_id)
+        alerts = sorted({r["alert"] for r in rows})
+        acknowledged = await conn.fetchval(
+            "SELECT count(*) FROM alerts WHERE id = ANY($1::bigint[]) AND status = ANY($2)",
+            alerts,
+            list(ACKNOWLEDGEABLE_ALERT_STATUSES),
+        )
+        to_cancel = await _stop_alerts(
+            conn, status=AlertStatus.ACKNOWLEDGED, applies_to=ACKNOWLEDGEABLE_ALERT_STATUSES,
+            alert_pks=alerts, by=member, reason="alert acknowledged before the call was placed",
+            source=StatusSource.CANCEL,
+        )
+    return Keypress(member_name=member, acknowledged=int(acknowledged), to_cancel=to_cancel)
+
+
+async def line_messages(db: Executor, call_id: int) -> list[str]:
+    """The messages a call speaks: its own alert's, then those of the calls merged into it."""
+    rows = await db.fetch(
+        """
+        SELECT a.message FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE c.id = $1 OR c.merged_into = $1
+        ORDER BY c.id <> $1, c.id
+        """,
+        call_id,
+    )
+    return [r["message"] for r in rows]
+
+
 async def get_call(db: Executor, call_id: int) -> CallJob | None:
     row = await db.fetchrow(
         """
@@ -428,7 +478,8 @@ async def count_possible_duplicate(db: Executor, call_id: int) -> None:
 
 async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
     """Move a call forward to ``update.status``; never backward, never out of a terminal
-    status. Returns True when the row changed."""
+    status. The rows merged into it share its provider call and move with it. Returns True
+    when a row changed."""
     result = await db.execute(
         """
         WITH advanced AS (
@@ -441,11 +492,12 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
                 error_message = coalesce($7, error_message),
                 updated_at = now(),
                 ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
-            WHERE id = $1 AND call_status_rank(status) < call_status_rank($2)
+            WHERE (id = $1 OR merged_into = $1)
+              AND call_status_rank(status) < call_status_rank($2)
             RETURNING id, status
         )
         INSERT INTO call_events (call, status, source, detail)
-        SELECT id, status, $8, $9 FROM advanced
+        SELECT id, status, $8, $9 FROM advanced ORDER BY id
         """,
         call_id,
         update.status,
@@ -457,7 +509,7 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
         update.source,
         _detail(update.error_code, update.error_message),
     )
-    return bool(result == "INSERT 0 1")
+    return int(result.split()[-1]) > 0
 
 
 def _detail(error_code: int | None, error_message: str | None) -> str | None:
@@ -465,6 +517,41 @@ def _detail(error_code: int | None, error_message: str | None) -> str | None:
     if error_code is None:
         return error_message
     return f"{error_code}: {error_message}" if error_message else str(error_code)
+
+
+async def apply_callback(
+    conn: Connection, call_id: int, update: CallUpdate, sequence: int | None
+) -> bool | None:
+    """A status callback about a call (and the rows merged into it): its sid, answered-by and
+    duration are kept, its status moves forward. None when there is no such call; False when
+    nothing changed: a duplicate, or older than a callback applied already (by
+    ``SequenceNumber``; the status could not move back anyway: rank only rises)."""
+    async with conn.transaction():
+        seen = await conn.fetchrow(
+            "SELECT callback_sequence FROM calls WHERE id = $1 FOR UPDATE", call_id
+        )
+        if seen is None:
+            return None
+        last = seen["callback_sequence"]
+        if sequence is not None and last is not None and sequence <= last:
+            return False
+        await conn.execute(
+            """
+            UPDATE calls SET
+                callback_sequence = greatest(callback_sequence, $2),
+                provider_sid = coalesce(provider_sid, $3),
+                answered_by = coalesce($4, answered_by),
+                duration_s = coalesce($5, duration_s),
+                updated_at = now()
+            WHERE id = $1 OR merged_into = $1
+            """,
+            call_id,
+            sequence,
+            update.provider_sid,
+            update.answered_by,
+            update.duration_s,
+        )
+        return await advance_call(conn, call_id, update)
 
 
 async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
@@ -487,7 +574,8 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
                count(c.id) FILTER (WHERE c.status = $3) AS failed,
                (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = $4
                  ORDER BY p.position LIMIT 1) AS next_pending,
-               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active
+               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
+               count(c.id) FILTER (WHERE c.status = $5) AS on_the_line
         FROM alerts a LEFT JOIN calls c ON c.alert = a.id
         WHERE a.id = $1
         GROUP BY a.id
@@ -496,6 +584,7 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
         list(ANSWERED_CALL_STATUSES),
         CallStatus.FAILED,
         CallStatus.PENDING,
+        CallStatus.IN_PROGRESS,
     )
     if row is None:
         return None
@@ -508,6 +597,7 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
         answered=row["answered"],
         failed=row["failed"],
         next_pending=row["next_pending"] if row["active"] == 0 else None,
+        on_the_line=row["on_the_line"],
     )
 
 
@@ -710,3 +800,173 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
                   source=StatusSource(r["source"]), detail=r["detail"], at=r["at"])
         for r in rows
     ]
+
+
+# --- alerts read back (the HTTP API) ------------------------------------------------------
+
+_ALERT_COLUMNS = (
+    "id, tenant, alert_id, group_name, message, mode, status, event_id, stream_id, duplicates,"
+    " last_duplicate_at, received_at, updated_at, resolved_at, acknowledged_at,"
+    " acknowledged_by, round, rounds, next_round_at"
+)
+
+
+def _alert_row(row: asyncpg.Record, calls: list[AlertCall]) -> AlertRow:
+    return AlertRow(**{**dict(row), "status": AlertStatus(row["status"]), "calls": calls})
+
+
+async def alerts_with_calls(
+    db: Executor, tenant: str, alert_id: str, *, limit: int
+) -> list[AlertRow]:
+    """The newest ``limit`` alert rows of ``alert_id`` in ``tenant``, each with its calls."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE tenant = $1 AND alert_id = $2
+        ORDER BY received_at DESC, id DESC
+        LIMIT $3
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        alert_id,
+        limit,
+    )
+    if not rows:
+        return []
+    calls = await db.fetch(
+        """
+        SELECT alert, id, round, position, member_name, phone, status, attempts, error_code,
+               error_message, answered_by, duration_s, created_at, updated_at, ended_at,
+               acknowledged_at, acknowledged_by
+        FROM calls WHERE alert = ANY($1::bigint[])
+        ORDER BY alert, round, position
+        """,
+        [r["id"] for r in rows],
+    )
+    by_alert: dict[int, list[AlertCall]] = {r["id"]: [] for r in rows}
+    for c in calls:
+        fields = {k: v for k, v in dict(c).items() if k != "alert"}
+        by_alert[c["alert"]].append(AlertCall(**{**fields, "status": CallStatus(c["status"])}))
+    return [_alert_row(r, by_alert[r["id"]]) for r in rows]
+
+
+async def list_alerts(
+    db: Executor,
+    tenant: str,
+    *,
+    status: AlertStatus | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[AlertRow]:
+    """A page of the tenant's alerts, newest first (by row id); ``before_id`` is the cursor:
+    the id of the last row of the previous page. Calls are not read (``calls`` is empty)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE tenant = $1
+          AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR received_at >= $3)
+          AND ($4::bigint IS NULL OR id < $4)
+        ORDER BY id DESC
+        LIMIT $5
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        status,
+        since,
+        before_id,
+        limit,
+    )
+    return [_alert_row(r, []) for r in rows]
+
+
+# --- API tokens ---------------------------------------------------------------------------
+
+_TOKEN_COLUMNS = "id, tenant, name, scope, key_id, token_sha256, created_at, revoked_at"  # noqa: S105 - column names, no secret
+
+
+def _token(row: asyncpg.Record) -> ApiToken:
+    fields = {k: v for k, v in dict(row).items() if k != "pg_notify"}
+    return ApiToken(**{**fields, "scope": TokenScope(row["scope"])})
+
+
+async def insert_token(
+    db: Executor, tenant: str, name: str, scope: TokenScope, key_id: str, token_sha256: bytes
+) -> ApiToken | None:
+    """A new live token, or None when the tenant already has a live token of that name."""
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO api_tokens (tenant, name, scope, key_id, token_sha256)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT DO NOTHING
+        RETURNING {_TOKEN_COLUMNS}
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        name,
+        scope,
+        key_id,
+        token_sha256,
+    )
+    return _token(row) if row else None
+
+
+async def list_tokens(db: Executor, tenant: str | None = None) -> list[ApiToken]:
+    """Every token (revoked ones too), by tenant, then name, then age."""
+    rows = await db.fetch(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE ($1::text IS NULL OR tenant = $1)"  # noqa: S608
+        " ORDER BY tenant, name, id",
+        tenant,
+    )
+    return [_token(r) for r in rows]
+
+
+#: Revocations are announced on this channel (the payload is the key id), at commit.
+TOKENS_CHANNEL = "voicealert_token_revoked"
+
+
+async def revoke_token(db: Executor, tenant: str, name: str) -> ApiToken | None:
+    """Revoke the tenant's live token of that name, and announce it to every web process
+    (NOTIFY, delivered at commit); None when there is none."""
+    row = await db.fetchrow(
+        f"""
+        WITH revoked AS (
+            UPDATE api_tokens SET revoked_at = now()
+            WHERE tenant = $1 AND name = $2 AND revoked_at IS NULL
+            RETURNING {_TOKEN_COLUMNS}
+        )
+        SELECT revoked.*, pg_notify($3, revoked.key_id) FROM revoked
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        name,
+        TOKENS_CHANNEL,
+    )
+    return _token(row) if row else None
+
+
+async def listen_to_token_revocations(conn: Connection, forget: Callable[[str], None]) -> None:
+    """Call ``forget(key_id)`` for every revocation announced from now on."""
+
+    def on_notification(_conn: Connection, _pid: int, _channel: str, key_id: object) -> None:
+        forget(str(key_id))
+
+    await conn.add_listener(TOKENS_CHANNEL, on_notification)
+
+
+async def ping(db: Executor) -> None:
+    await db.fetchval("SELECT 1")
+
+
+async def token_by_key_id(db: Executor, key_id: str) -> ApiToken | None:
+    row = await db.fetchrow(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE key_id = $1",  # noqa: S608
+        key_id,
+    )
+    return _token(row) if row else None
+
+
+async def live_key_ids(db: Executor, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` belong to tokens that exist and are not revoked."""
+    rows = await db.fetch(
+        "SELECT key_id FROM api_tokens WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+        list(key_ids),
+    )
+    return {r["key_id"] for r in rows}
