@@ -113,6 +113,19 @@ class AlertProducer:
         event = build_event(alert_id=alert_id, tenant=tenant, action="resolve", event_id=event_id)
         return await self.send(event)
 
+    async def ack(
+        self,
+        *,
+        alert_id: str,
+        tenant: str | None = None,
+        acknowledged_by: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Write one acknowledgement: someone is on it, calling stops. Returns the entry id."""
+        event = build_event(alert_id=alert_id, tenant=tenant, action="ack",
+                            acknowledged_by=acknowledged_by, event_id=event_id)
+        return await self.send(event)
+
     async def send(self, event: AlertEvent) -> str:
         entry_id = await self._redis.xadd(self.stream, event.to_entry())  # type: ignore[arg-type]
         return _decode(entry_id)
@@ -160,6 +173,9 @@ class SyncAlertProducer:
 
     def resolve(self, **fields: Any) -> str:
         return str(self._run("resolve", **fields))
+
+    def ack(self, **fields: Any) -> str:
+        return str(self._run("ack", **fields))
 
 
 __all__ = [

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
+import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -96,7 +97,11 @@ def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_phone(value: str) -> str:
-    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise."""
+    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise.
+
+    Checks the shape only (the caller id, which the provider validates itself); members'
+    numbers are also checked against their country's numbering plan (``valid_phone``).
+    """
     candidate = _PHONE_SEPARATORS_RE.sub("", value.strip())
     if candidate.startswith("00"):
         candidate = "+" + candidate[2:]
@@ -105,12 +110,38 @@ def normalize_phone(value: str) -> str:
     return candidate
 
 
+def valid_phone(value: str) -> str:
+    """``value`` as E.164 when it is a number its country could dial (``+12`` or
+    ``+1415555`` have the shape but not the digits: they would only fail at the provider,
+    at 3 a.m.). Uses libphonenumber's numbering plans (the ``phonenumbers`` package)."""
+    candidate = normalize_phone(value)
+    try:
+        number = phonenumbers.parse(candidate, None)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number):
+        raise ValueError("must be a valid phone number for its country, in E.164 format "
+                         "like +14155550100 (check the country code and the digits)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    """The JSON Schema of an optional field that refuses null: absent is its default, so the
+    schema shows only its string variant and no ``null`` default."""
+    variants = schema.pop("anyOf", [])
+    schema.update(next((v for v in variants if v.get("type") != "null"), {}))
+    schema.pop("default", None)
+
+
+IDENTIFIER_MAX_LENGTH = 200
 # No control characters in names: they end up in Redis keys, SQL text columns (Postgres
 # refuses NUL outright) and log lines.
+IDENTIFIER_PATTERN = r"^[^\x00-\x1F\x7F]+$"
 Identifier = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1F\x7F]+$"
+        strip_whitespace=True, min_length=1, max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
     ),
 ]
 Message = Annotated[
@@ -119,7 +150,7 @@ Message = Annotated[
     AfterValidator(_clean_message),
 ]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata_size)]
-Phone = Annotated[str, AfterValidator(normalize_phone)]
+Phone = Annotated[str, AfterValidator(valid_phone)]
 
 
 class AlertEvent(BaseModel):
@@ -133,6 +164,13 @@ class AlertEvent(BaseModel):
             "if": {"properties": {"action": {"const": "trigger"}}},
             "then": {"required": ["group", "message"]},
             "else": {},
+            # who acknowledged belongs to an acknowledgement only (_check_acknowledged_by)
+            "dependentSchemas": {
+                "acknowledged_by": {
+                    "properties": {"action": {"const": "ack"}},
+                    "required": ["action"],
+                }
+            },
         },
     )
 
@@ -154,8 +192,10 @@ class AlertEvent(BaseModel):
         le=DEDUP_WINDOW_MAX_S,
         description="Seconds during which the same alert_id rings nobody again; 0 = no dedup.",
     )
-    action: Literal["trigger", "resolve"] = Field(
-        default="trigger", description="resolve cancels calls not yet answered."
+    action: Literal["trigger", "resolve", "ack"] = Field(
+        default="trigger",
+        description="resolve cancels calls not yet answered; ack says someone is on it and "
+        "stops the calling.",
     )
     mode: Literal["parallel", "sequential"] = Field(
         default="parallel",
@@ -166,6 +206,13 @@ class AlertEvent(BaseModel):
     )
     event_id: Identifier | None = Field(
         default=None, description="Idempotency key of the event itself."
+    )
+    # Not nullable (an explicit null is refused by _reject_null, and the schema says string):
+    # null means "absent" only for group, message and event_id.
+    acknowledged_by: Identifier | None = Field(
+        default=None,
+        description="Who acknowledged (only with action ack).",
+        json_schema_extra=_never_null,
     )
 
     @field_validator("dedup_window_s", mode="before")
@@ -178,6 +225,22 @@ class AlertEvent(BaseModel):
         ):
             raise ValueError("must be a whole number of seconds")
         return value
+
+    @field_validator("acknowledged_by", mode="before")
+    @classmethod
+    def _reject_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must be a string (leave the field out instead of null)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_acknowledged_by(self) -> AlertEvent:
+        if self.acknowledged_by is not None and self.action != "ack":
+            raise PydanticCustomError(
+                "extra_forbidden", "{field}: allowed only with action ack",
+                {"field": "acknowledged_by"},
+            )
+        return self
 
     @model_validator(mode="after")
     def _require_trigger_fields(self) -> AlertEvent:
@@ -205,7 +268,11 @@ _SERIALIZE = AlertEvent.__pydantic_serializer__.to_json
 
 
 class Member(BaseModel):
-    """One member of an alert group, in ring order."""
+    """One member of an alert group, in ring order (a whole group: ``schema.group``).
+
+    Rows read back from the database are built without validation (``model_construct``):
+    a stored member stays callable when libphonenumber's plans change.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -221,6 +288,8 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
         field = ".".join(str(part) for part in error.get("loc", ()))
         if error["type"] == "string_pattern_mismatch":
             reason = "must not contain control characters"
+        elif error["type"] == "string_unicode":  # an unpaired surrogate, e.g. "\ud800"
+            reason = "must be valid Unicode text"
         else:
             reason = str(error["msg"]).removeprefix("Value error, ")
         if not field and ": " in reason:  # a model-level check that names its field itself

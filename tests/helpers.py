@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -225,3 +227,33 @@ async def stream_entries(
     """Every entry of the events stream, as a decoding client returns them."""
     result: list[tuple[str, dict[str, str]]] = await client.xrange(Keys(prefix).events)
     return result
+
+
+# --- the command line, run as the real process operators run ---------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        """The one stderr line a failing command must print (fails the test otherwise)."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
+        assert "Traceback" not in self.stderr
+        return lines[0]
+
+
+async def run_cli(env: dict[str, str], *args: str | bytes) -> Result:
+    """Run ``voicealert ARGS`` (bytes arguments reach it as the OS passes them: invalid
+    UTF-8 included)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))

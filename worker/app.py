@@ -8,6 +8,8 @@ arq defaults changed here, and why (the settings: docs/contracts.md#worker-tunin
 - ``health_check_key`` per replica: arq's default key is shared by every replica.
 - ``keep_result`` 0: job ids are call ids and must be reusable (DLQ replay, escalation).
 - JSON job serializer: no pickle on anything that passes through Redis.
+- ``after_job_end``: a job arq would drop (timed out, failed) is put back, and follow-up
+  jobs run again as fresh jobs rather than arq retries (``worker.jobs``).
 - Our own signal handling: first SIGTERM/SIGINT drains, a second one exits at once, and a
   crashed stream consumer stops the whole process with a non-zero status.
 """
@@ -16,13 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine
-from functools import wraps
-from typing import Any, cast
+from typing import Any
 
-from arq import Retry, Worker
+from arq import Worker
 from arq.connections import ArqRedis, RedisSettings
-from arq.typing import WorkerCoroutine
 from arq.worker import func
 
 from worker import db
@@ -30,9 +29,9 @@ from worker.calls import place_call
 from worker.config import Settings, redact_url
 from worker.dedup import DedupLock
 from worker.ingest import StreamConsumer
+from worker.jobs import after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger
-from worker.outages import DATABASE_UNAVAILABLE
 from worker.outcomes import cancel_call, poll_call
 from worker.providers import CallProvider
 from worker.queue import (
@@ -43,7 +42,6 @@ from worker.queue import (
     json_serializer,
 )
 from worker.ratelimit import RateLimiter
-from worker.retries import backoff_s
 from worker.services import Services
 from worker.simulated import SimulatedProvider
 from worker.twilio_provider import TwilioProvider
@@ -53,27 +51,6 @@ log = get_logger(__name__)
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
 IN_PROGRESS_MARGIN_S = 5.0
-
-JobFunction = Callable[[dict[str, Any], int], Coroutine[Any, Any, str]]
-
-
-def survive_database_outage(job: JobFunction) -> WorkerCoroutine:
-    """Postgres unreachable is not a job failure: retry later, with backoff and jitter.
-
-    Every job is idempotent, so running it again after the database returns is safe.
-    """
-
-    @wraps(job)
-    async def wrapper(ctx: dict[Any, Any], call_id: int, *_: Any, **__: Any) -> str:
-        try:
-            return await job(ctx, call_id)
-        except DATABASE_UNAVAILABLE as exc:
-            delay = backoff_s(int(ctx.get("job_try", 1)), base_s=0.5, cap_s=10.0)
-            log.warning("job.database_unavailable", job=job.__name__, call=call_id,
-                        error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
-            raise Retry(defer=delay) from exc
-
-    return cast(WorkerCoroutine, wrapper)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -146,13 +123,12 @@ class WorkerProcess:
         self._signals = 0
         self.worker = _DrainableWorker(
             functions=[
-                func(survive_database_outage(place_call), name=PLACE_CALL,
-                     max_tries=_MAX_JOB_TRIES),
-                func(survive_database_outage(poll_call), name=POLL_CALL,
-                     max_tries=_MAX_JOB_TRIES),
-                func(survive_database_outage(cancel_call), name=CANCEL_CALL,
+                func(call_job(PLACE_CALL, place_call), name=PLACE_CALL, max_tries=_MAX_JOB_TRIES),
+                func(call_job(POLL_CALL, poll_call), name=POLL_CALL, max_tries=_MAX_JOB_TRIES),
+                func(call_job(CANCEL_CALL, cancel_call), name=CANCEL_CALL,
                      max_tries=_MAX_JOB_TRIES),
             ],
+            after_job_end=after_job_end,
             queue_name=self.keys.queue,
             redis_settings=redis_settings(settings),
             on_startup=self._startup,

@@ -16,7 +16,7 @@ import click
 
 from worker.cli_calls import calls
 from worker.cli_dlq import dlq
-from worker.cli_events import fire, resolve
+from worker.cli_events import ack, fire, resolve
 from worker.cli_groups import groups
 from worker.cli_support import Failure, current_settings, run_async
 from worker.config import ConfigError, redact_url
@@ -28,7 +28,7 @@ def cli() -> None:
     """voicealert: rings people when something breaks."""
 
 
-for command in (groups, fire, resolve, calls, dlq):
+for command in (groups, fire, resolve, ack, calls, dlq):
     cli.add_command(command)
 
 

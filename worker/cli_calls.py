@@ -7,7 +7,7 @@ import click
 from worker import db
 from worker.cli_support import json_option, print_json, run_async, with_db
 from worker.logs import mask_phone_numbers
-from worker.models import CallStatus
+from worker.models import CallRow, CallStatus
 
 
 @click.command()
@@ -29,11 +29,21 @@ async def calls(alert_id: str | None, status: str | None, tenant: str | None, li
     if not rows:
         click.echo("no calls")
         return
-    header = f"{'call':>6}  {'alert_id':<20} {'member':<14} {'phone':<16} {'status':<12} " \
-             f"{'tries':>5} {'dur':>4}  error"
+    header = f"{'call':>6}  {'alert_id':<20} {'rnd':>3} {'member':<14} {'phone':<16} " \
+             f"{'status':<12} {'tries':>5} {'dur':>4}  {'answered_by':<12} {'ack':<14} error"
     click.echo(header)
     for r in rows:
         error = f"{r.error_code or ''} {r.error_message or ''}".strip()
-        click.echo(f"{r.id:>6}  {r.alert_id[:20]:<20} {r.member_name[:14]:<14} "
+        if r.merged_into is not None:
+            error = f"merged into call {r.merged_into}; {error}".rstrip("; ")
+        click.echo(f"{r.id:>6}  {r.alert_id[:20]:<20} {r.round:>3} {r.member_name[:14]:<14} "
                    f"{mask_phone_numbers(r.phone):<16} {r.status:<12} {r.attempts:>5} "
-                   f"{r.duration_s if r.duration_s is not None else '-':>4}  {error}")
+                   f"{r.duration_s if r.duration_s is not None else '-':>4}  "
+                   f"{(r.answered_by or '-')[:12]:<12} {_acknowledged(r)[:14]:<14} {error}")
+
+
+def _acknowledged(row: CallRow) -> str:
+    """Who pressed 1 on this call (the member), or '-'."""
+    if row.acknowledged_at is None:
+        return "-"
+    return mask_phone_numbers(row.acknowledged_by or "yes")

@@ -1,4 +1,5 @@
-"""``voicealert fire`` and ``resolve``: events onto the stream, as a producer writes them."""
+"""``voicealert fire``, ``resolve`` and ``ack``: events onto the stream, as a producer writes
+them."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ async def fire(group: str, alert_id: str, message: str, tenant: str, dedup_windo
 async def resolve(alert_id: str, tenant: str) -> None:
     """Resolve an alert: calls not yet answered are canceled."""
     click.echo(await _produce("resolve", alert_id=alert_id, tenant=tenant))
+
+
+@click.command()
+@click.option("--alert-id", required=True)
+@tenant_option
+@click.option("--by", "by", default=None, help="Who is on it (recorded on the alert).")
+@run_async
+async def ack(alert_id: str, tenant: str, by: str | None) -> None:
+    """Acknowledge an alert: someone is on it; calling stops (as pressing 1 on a call)."""
+    click.echo(await _produce("ack", alert_id=alert_id, tenant=tenant, acknowledged_by=by))

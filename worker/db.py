@@ -19,10 +19,11 @@ import asyncpg
 
 from schema import Member
 from worker.models import (
+    ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
+    CALLING_STOPPED_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
-    TERMINAL_ALERT_STATUSES,
     AlertProgress,
     AlertStatus,
     CallEvent,
@@ -73,7 +74,9 @@ def _group(row: asyncpg.Record) -> Group:
     return Group(
         tenant=row["tenant"],
         name=row["name"],
-        members=[Member.model_validate(m) for m in row["members"]],
+        # Stored members were validated when written; not again on the way out (a number
+        # libphonenumber's newer plans dislike must not stop its group from ringing).
+        members=[Member.model_construct(name=m["name"], phone=m["phone"]) for m in row["members"]],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -194,7 +197,7 @@ async def create_alert(
                     INSERT INTO calls (alert, position, member_name, phone)
                     SELECT $1, m.position, m.name, m.phone
                     FROM unnest($2::int[], $3::text[], $4::text[]) AS m(position, name, phone)
-                    ON CONFLICT (alert, position) DO NOTHING
+                    ON CONFLICT (alert, round, position) DO NOTHING
                     RETURNING id, status
                 )
                 INSERT INTO call_events (call, status, source)
@@ -249,6 +252,74 @@ async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> No
     )
 
 
+# How each way of stopping an alert marks it (constant SQL, chosen by the caller's verb).
+_STOP_SET = {
+    AlertStatus.RESOLVED: "resolved_at = now()",
+    AlertStatus.ACKNOWLEDGED: "acknowledged_at = now(), acknowledged_by = $11",
+}
+
+
+async def _stop_alerts(
+    db: Executor,
+    *,
+    status: AlertStatus,
+    applies_to: frozenset[AlertStatus],
+    tenant: str | None = None,
+    alert_id: str | None = None,
+    alert_pks: Sequence[int] = (),
+    by: str | None = None,
+    reason: str,
+    source: StatusSource,
+) -> list[LiveCall]:
+    """Mark alerts ``status`` (chosen by tenant and alert_id, or by row ids), drop a round
+    waiting for its delay, and cancel their calls not yet dialed.
+
+    Returns the calls already at the provider and not answered, for the caller to cancel
+    there."""
+    # Who acknowledged is a parameter of the acknowledgement only (Postgres refuses a
+    # parameter a statement does not use: its type cannot be inferred).
+    by_parameter = [by] if status == AlertStatus.ACKNOWLEDGED else []
+    rows = await db.fetch(
+        f"""
+        WITH stopped AS (
+            UPDATE alerts SET status = $3, {_STOP_SET[status]}, next_round_at = NULL,
+                              updated_at = now()
+            WHERE ((tenant = $1 AND alert_id = $2) OR id = ANY($9::bigint[]))
+              AND status = ANY($4::text[])
+            RETURNING id
+        ), canceled AS (
+            UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
+                             error_message = $8
+            WHERE alert IN (SELECT id FROM stopped) AND status = $6
+            RETURNING id, status
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $7, $8 FROM canceled ORDER BY id
+        )
+        SELECT c.id, c.provider_sid, c.status FROM calls c
+        WHERE c.alert IN (SELECT id FROM stopped)
+          AND c.status = ANY($10::text[])
+          AND c.id NOT IN (SELECT id FROM canceled)
+        ORDER BY c.id
+        """,  # noqa: S608 - the interpolated part is one of the constants of _STOP_SET
+        tenant,
+        alert_id,
+        status,
+        list(applies_to),
+        CallStatus.CANCELED,
+        CallStatus.PENDING,
+        source,
+        reason,
+        list(alert_pks),
+        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
+        *by_parameter,
+    )
+    return [
+        LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
+        for r in rows
+    ]
+
+
 async def resolve_alert(
     db: Executor, tenant: str, alert_id: str, source: StatusSource
 ) -> list[LiveCall]:
@@ -256,40 +327,24 @@ async def resolve_alert(
 
     Returns the calls already at the provider and not answered, for the caller to cancel there.
     """
-    rows = await db.fetch(
-        """
-        WITH resolved AS (
-            UPDATE alerts SET status = $3, resolved_at = now(), updated_at = now()
-            WHERE tenant = $1 AND alert_id = $2 AND status = ANY($4::text[])
-            RETURNING id
-        ), canceled AS (
-            UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
-                             error_message = $9
-            WHERE alert IN (SELECT id FROM resolved) AND status = $6
-            RETURNING id, status
-        ), recorded AS (
-            INSERT INTO call_events (call, status, source, detail)
-            SELECT id, status, $8, $9 FROM canceled ORDER BY id
-        )
-        SELECT c.id, c.provider_sid, c.status FROM calls c
-        WHERE c.alert IN (SELECT id FROM resolved)
-          AND c.status = ANY($7::text[])
-          AND c.id NOT IN (SELECT id FROM canceled)
-        """,
-        tenant,
-        alert_id,
-        AlertStatus.RESOLVED,
-        list(RESOLVABLE_ALERT_STATUSES),
-        CallStatus.CANCELED,
-        CallStatus.PENDING,
-        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
-        source,
-        "alert resolved before the call was placed",
+    return await _stop_alerts(
+        db, status=AlertStatus.RESOLVED, applies_to=RESOLVABLE_ALERT_STATUSES,
+        tenant=tenant, alert_id=alert_id, reason="alert resolved before the call was placed",
+        source=source,
     )
-    return [
-        LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
-        for r in rows
-    ]
+
+
+async def acknowledge_alert(
+    db: Executor, tenant: str, alert_id: str, by: str | None, source: StatusSource
+) -> list[LiveCall]:
+    """Someone is on it: the alert's rows still calling (or out of rounds) become
+    acknowledged, by whom and when; no further call or round. Returns the calls at the
+    provider and not answered, for the caller to hang up there."""
+    return await _stop_alerts(
+        db, status=AlertStatus.ACKNOWLEDGED, applies_to=ACKNOWLEDGEABLE_ALERT_STATUSES,
+        tenant=tenant, alert_id=alert_id, by=by,
+        reason="alert acknowledged before the call was placed", source=source,
+    )
 
 
 async def get_call(db: Executor, call_id: int) -> CallJob | None:
@@ -461,13 +516,14 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
 
 
 async def set_alert_status(db: Executor, alert_pk: int, status: AlertStatus) -> bool:
-    """Set the alert's status unless it is final (an operator's word is final)."""
+    """Set the alert's status unless calling it has stopped (resolved or acknowledged: only a
+    resolve moves an acknowledged alert on)."""
     result = await db.execute(
         "UPDATE alerts SET status = $2, updated_at = now()"
         " WHERE id = $1 AND status <> $2 AND NOT status = ANY($3::text[])",
         alert_pk,
         status,
-        list(TERMINAL_ALERT_STATUSES),
+        list(CALLING_STOPPED_ALERT_STATUSES),
     )
     return bool(result == "UPDATE 1")
 
@@ -508,7 +564,7 @@ async def list_calls(
         SELECT c.id, a.alert_id, a.tenant, c.position, c.member_name, c.phone, c.status,
                c.provider_sid, c.attempts, c.possible_duplicates, c.error_code,
                c.error_message, c.answered_by, c.duration_s, c.created_at, c.updated_at,
-               c.ended_at
+               c.ended_at, c.round, c.acknowledged_at, c.acknowledged_by, c.merged_into
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE ($1::text IS NULL OR a.tenant = $1)
           AND ($2::text IS NULL OR a.alert_id = $2)
@@ -639,7 +695,7 @@ async def add_replay_call(
         member_name,
         phone,
         AlertStatus.CALLING,
-        list(TERMINAL_ALERT_STATUSES),
+        list(CALLING_STOPPED_ALERT_STATUSES),
         source,
         detail,
     )

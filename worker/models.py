@@ -69,15 +69,26 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"  # an operator or a service resolved it
     UNKNOWN_GROUP = "unknown_group"  # rang nobody: no such group
     EMPTY_GROUP = "empty_group"  # rang nobody: the group has no members
+    ACKNOWLEDGED = "acknowledged"  # someone pressed 1, or an ack event: calling stopped
+    UNACKNOWLEDGED = "unacknowledged"  # the last round ended and nobody acknowledged
 
 
 #: Final: nothing moves an alert out of these (an operator's resolve is final). Answered,
 #: unanswered and failed alerts are settled but not final: a DLQ replay calls again.
 TERMINAL_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED})
+#: No call is placed for an alert in one of these, and nothing but a resolve moves it on.
+CALLING_STOPPED_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED, AlertStatus.ACKNOWLEDGED})
 #: The event rang nobody; re-sending it (once the group exists) takes it up again.
 RANG_NOBODY_ALERT_STATUSES = frozenset({AlertStatus.UNKNOWN_GROUP, AlertStatus.EMPTY_GROUP})
 #: What a resolve applies to.
-RESOLVABLE_ALERT_STATUSES = frozenset({AlertStatus.CALLING, AlertStatus.ANSWERED})
+RESOLVABLE_ALERT_STATUSES = frozenset({
+    AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.ACKNOWLEDGED,
+    AlertStatus.UNACKNOWLEDGED,
+})
+#: What an acknowledgement applies to (an alert that ran out of rounds may still be taken).
+ACKNOWLEDGEABLE_ALERT_STATUSES = frozenset({
+    AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.UNACKNOWLEDGED,
+})
 
 
 # --- groups -------------------------------------------------------------------------------
@@ -227,11 +238,15 @@ class CallRow:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    round: int
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    merged_into: int | None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.__dict__)
         out["status"] = str(self.status)
-        for key in ("created_at", "updated_at", "ended_at"):
+        for key in ("created_at", "updated_at", "ended_at", "acknowledged_at"):
             if out[key] is not None:
                 out[key] = out[key].isoformat()
         return out

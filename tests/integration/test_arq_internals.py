@@ -5,6 +5,8 @@
   payload (``serialize_job``) itself.
 - ``worker/app.py`` subclasses ``Worker``: ``start_jobs`` is overridden to stop starting jobs
   at once on a drain (``allow_pick_jobs``), and ``in_progress_timeout_s`` is shortened.
+- ``worker/jobs.py`` passes ``after_job_end``: it must run after the run is recorded (the job
+  key deleted) and see the ctx dict the job itself ran with.
 - tests/helpers.py reads ``arq:in-progress:<id>`` to know a job is running.
 
 pyproject.toml pins arq to one minor version; moving the pin means reading these again.
@@ -81,6 +83,16 @@ def test_worker_attributes_we_set_and_read_exist(settings: Settings) -> None:
         assert callable(getattr(plain, method))
     ours = WorkerProcess(settings).worker
     assert ours.in_progress_timeout_s < plain.in_progress_timeout_s
+
+
+def test_after_job_end_runs_after_the_run_is_recorded_with_the_jobs_own_ctx() -> None:
+    assert "after_job_end" in inspect.signature(Worker.__init__).parameters
+    source = inspect.getsource(Worker.run_job)
+    assert "function.coroutine(ctx, *args, **kwargs)" in source
+    assert source.index("self.finish_job(") < source.index("await self.after_job_end(ctx)")
+    # A failed or timed-out run is finished (its job key deleted): what after_job_end re-adds.
+    assert "delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]" in (
+        inspect.getsource(Worker.finish_job))
 
 
 async def test_a_batch_enqueued_job_is_the_job_arq_reads(arq_redis: ArqRedis, prefix: str) -> None:
