@@ -38,6 +38,11 @@ from worker.migrate import maintenance_url, migrate
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/voicealert"
+DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+# Redis logical DB 14 for bench.supervised (bench.poison), which scopes its keys by prefix.
+BENCH_REDIS = urlunsplit(
+    urlsplit(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))._replace(path="/14")
+)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

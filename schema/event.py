@@ -8,6 +8,7 @@ every stream entry against it, producers validate before writing, and
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Annotated, Any, Literal
@@ -25,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from schema.wire import MAX_INTEGER_DIGITS, MAX_JSON_DEPTH
+
 METADATA_MAX_BYTES = 4096
 DEDUP_WINDOW_MAX_S = 86400
 DEFAULT_DEDUP_WINDOW_S = 300
@@ -32,6 +35,7 @@ DEFAULT_TENANT = "default"
 
 # E.164: a plus, a non-zero country code digit, at most 15 digits in all.
 E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 # Separators people type inside phone numbers; removed before E.164 validation.
 _PHONE_SEPARATORS_RE = re.compile(r"[\s().\-]")
 
@@ -76,20 +80,35 @@ def _already_clean(text: str) -> bool:
     )
 
 
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+def _metadata_problem(value: dict[str, Any]) -> str | None:
+    """What makes ``value`` unstorable or unreadable, if anything. Iterative, so no nesting
+    can exhaust the stack; the limits are those of the wire (``schema.wire``)."""
+    stack: list[tuple[Any, int]] = [(value, 2)]  # metadata sits at depth 2 in the event
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"must not nest more than {MAX_JSON_DEPTH - 1} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters (\\u0000)"  # jsonb cannot store it
+            if _SURROGATE_RE.search(item):
+                return "must be valid Unicode text (no unpaired surrogates)"
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "must not contain NaN or Infinity (not JSON numbers)"
+        elif isinstance(item, int) and abs(item) >= 10**MAX_INTEGER_DIGITS:
+            return f"must not contain integers of more than {MAX_INTEGER_DIGITS} digits"
+    return None
 
 
 def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
-    if _contains_nul(value):
-        # Postgres jsonb cannot store U+0000.
-        raise ValueError("must not contain NUL characters (\\u0000)")
+    problem = _metadata_problem(value)
+    if problem:
+        raise ValueError(problem)
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON, got {size}")

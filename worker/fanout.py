@@ -21,7 +21,7 @@ from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
 from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert, StatusSource
-from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.outages import caused_by_the_data
 from worker.queue import CANCEL_CALL
 from worker.services import Services
 
@@ -122,9 +122,9 @@ class FanOut:
         for item in to_expand:
             try:
                 call_ids += await self._store(item)
-            except (*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE):
-                raise
             except Exception as exc:  # a bug or a constraint this event trips: count it
+                if not caused_by_the_data(exc):
+                    raise
                 log.exception("event.processing_failed", stream_id=item.parsed.entry.stream_id,
                               alert_id=item.parsed.event.alert_id)
                 result.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))

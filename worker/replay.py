@@ -59,6 +59,9 @@ async def _ingest_replay_fields(conn: Connection, letter: DeadLetter) -> Fields:
     entry = entry_from_payload(letter.payload)
     if entry is None:
         raise ReplayRefused(f"letter {letter.id} has no stream entry to replay")
+    if letter.payload.get("truncated"):
+        raise ReplayRefused(f"letter {letter.id} keeps only the first MiB of its entry: "
+                            "write the event again instead")
     try:
         event = parse_entry(entry)
     except InvalidEntry as exc:
