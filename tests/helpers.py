@@ -10,6 +10,7 @@ fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -257,3 +258,31 @@ async def run_cli(env: dict[str, str], *args: str | bytes) -> Result:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def make_token(database_url: str, tenant: str = "default", name: str | None = None,
+                     scope: str = "fire") -> str:
+    """A live API token of ``tenant`` (as ``voicealert tokens create`` makes one)."""
+    from worker import tokens
+    from worker.models import TokenScope
+
+    made = tokens.new_token()
+    conn = await db.connect(database_url)
+    try:
+        row = await db.insert_token(conn, tenant, name or f"token-{made.key_id}",
+                                    TokenScope(scope), made.key_id, made.digest)
+    finally:
+        await conn.close()
+    assert row is not None
+    return made.token
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """A process's JSON log lines as objects (lines that are not JSON objects are skipped)."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(record)
+    return out

@@ -19,6 +19,7 @@ from worker.cli_dlq import dlq
 from worker.cli_events import ack, fire, resolve
 from worker.cli_groups import groups
 from worker.cli_support import Failure, current_settings, run_async
+from worker.cli_tokens import tokens_group
 from worker.config import ConfigError, redact_url
 from worker.logs import configure_logging
 
@@ -28,7 +29,7 @@ def cli() -> None:
     """voicealert: rings people when something breaks."""
 
 
-for command in (groups, fire, resolve, ack, calls, dlq):
+for command in (groups, fire, resolve, ack, calls, dlq, tokens_group):
     cli.add_command(command)
 
 

@@ -12,7 +12,7 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -24,8 +24,11 @@ from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
+    AlertCall,
     AlertProgress,
+    AlertRow,
     AlertStatus,
+    ApiToken,
     CallEvent,
     CallJob,
     CallRef,
@@ -40,6 +43,7 @@ from worker.models import (
     NewDeadLetter,
     StatusSource,
     StoredAlert,
+    TokenScope,
 )
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -714,3 +718,173 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
                   source=StatusSource(r["source"]), detail=r["detail"], at=r["at"])
         for r in rows
     ]
+
+
+# --- alerts read back (the HTTP API) ------------------------------------------------------
+
+_ALERT_COLUMNS = (
+    "id, tenant, alert_id, group_name, message, mode, status, event_id, stream_id, duplicates,"
+    " last_duplicate_at, received_at, updated_at, resolved_at, acknowledged_at,"
+    " acknowledged_by, round, rounds, next_round_at"
+)
+
+
+def _alert_row(row: asyncpg.Record, calls: list[AlertCall]) -> AlertRow:
+    return AlertRow(**{**dict(row), "status": AlertStatus(row["status"]), "calls": calls})
+
+
+async def alerts_with_calls(
+    db: Executor, tenant: str, alert_id: str, *, limit: int
+) -> list[AlertRow]:
+    """The newest ``limit`` alert rows of ``alert_id`` in ``tenant``, each with its calls."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE tenant = $1 AND alert_id = $2
+        ORDER BY received_at DESC, id DESC
+        LIMIT $3
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        alert_id,
+        limit,
+    )
+    if not rows:
+        return []
+    calls = await db.fetch(
+        """
+        SELECT alert, id, round, position, member_name, phone, status, attempts, error_code,
+               error_message, answered_by, duration_s, created_at, updated_at, ended_at,
+               acknowledged_at, acknowledged_by
+        FROM calls WHERE alert = ANY($1::bigint[])
+        ORDER BY alert, round, position
+        """,
+        [r["id"] for r in rows],
+    )
+    by_alert: dict[int, list[AlertCall]] = {r["id"]: [] for r in rows}
+    for c in calls:
+        fields = {k: v for k, v in dict(c).items() if k != "alert"}
+        by_alert[c["alert"]].append(AlertCall(**{**fields, "status": CallStatus(c["status"])}))
+    return [_alert_row(r, by_alert[r["id"]]) for r in rows]
+
+
+async def list_alerts(
+    db: Executor,
+    tenant: str,
+    *,
+    status: AlertStatus | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[AlertRow]:
+    """A page of the tenant's alerts, newest first (by row id); ``before_id`` is the cursor:
+    the id of the last row of the previous page. Calls are not read (``calls`` is empty)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE tenant = $1
+          AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR received_at >= $3)
+          AND ($4::bigint IS NULL OR id < $4)
+        ORDER BY id DESC
+        LIMIT $5
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        status,
+        since,
+        before_id,
+        limit,
+    )
+    return [_alert_row(r, []) for r in rows]
+
+
+# --- API tokens ---------------------------------------------------------------------------
+
+_TOKEN_COLUMNS = "id, tenant, name, scope, key_id, token_sha256, created_at, revoked_at"  # noqa: S105 - column names, no secret
+
+
+def _token(row: asyncpg.Record) -> ApiToken:
+    fields = {k: v for k, v in dict(row).items() if k != "pg_notify"}
+    return ApiToken(**{**fields, "scope": TokenScope(row["scope"])})
+
+
+async def insert_token(
+    db: Executor, tenant: str, name: str, scope: TokenScope, key_id: str, token_sha256: bytes
+) -> ApiToken | None:
+    """A new live token, or None when the tenant already has a live token of that name."""
+    row = await db.fetchrow(
+        f"""
+        INSERT INTO api_tokens (tenant, name, scope, key_id, token_sha256)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT DO NOTHING
+        RETURNING {_TOKEN_COLUMNS}
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        name,
+        scope,
+        key_id,
+        token_sha256,
+    )
+    return _token(row) if row else None
+
+
+async def list_tokens(db: Executor, tenant: str | None = None) -> list[ApiToken]:
+    """Every token (revoked ones too), by tenant, then name, then age."""
+    rows = await db.fetch(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE ($1::text IS NULL OR tenant = $1)"  # noqa: S608
+        " ORDER BY tenant, name, id",
+        tenant,
+    )
+    return [_token(r) for r in rows]
+
+
+#: Revocations are announced on this channel (the payload is the key id), at commit.
+TOKENS_CHANNEL = "voicealert_token_revoked"
+
+
+async def revoke_token(db: Executor, tenant: str, name: str) -> ApiToken | None:
+    """Revoke the tenant's live token of that name, and announce it to every web process
+    (NOTIFY, delivered at commit); None when there is none."""
+    row = await db.fetchrow(
+        f"""
+        WITH revoked AS (
+            UPDATE api_tokens SET revoked_at = now()
+            WHERE tenant = $1 AND name = $2 AND revoked_at IS NULL
+            RETURNING {_TOKEN_COLUMNS}
+        )
+        SELECT revoked.*, pg_notify($3, revoked.key_id) FROM revoked
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        name,
+        TOKENS_CHANNEL,
+    )
+    return _token(row) if row else None
+
+
+async def listen_to_token_revocations(conn: Connection, forget: Callable[[str], None]) -> None:
+    """Call ``forget(key_id)`` for every revocation announced from now on."""
+
+    def on_notification(_conn: Connection, _pid: int, _channel: str, key_id: object) -> None:
+        forget(str(key_id))
+
+    await conn.add_listener(TOKENS_CHANNEL, on_notification)
+
+
+async def ping(db: Executor) -> None:
+    await db.fetchval("SELECT 1")
+
+
+async def token_by_key_id(db: Executor, key_id: str) -> ApiToken | None:
+    row = await db.fetchrow(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE key_id = $1",  # noqa: S608
+        key_id,
+    )
+    return _token(row) if row else None
+
+
+async def live_key_ids(db: Executor, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` belong to tokens that exist and are not revoked."""
+    rows = await db.fetch(
+        "SELECT key_id FROM api_tokens WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+        list(key_ids),
+    )
+    return {r["key_id"] for r in rows}

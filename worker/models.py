@@ -252,6 +252,92 @@ class CallRow:
         return out
 
 
+# --- alerts as the HTTP API reads them back -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertCall:
+    """One call of an alert, as ``GET /v1/alerts/{alert_id}`` shows it."""
+
+    id: int
+    round: int
+    position: int
+    member_name: str
+    phone: str
+    status: CallStatus
+    attempts: int
+    error_code: int | None
+    error_message: str | None
+    answered_by: str | None
+    duration_s: int | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One alert row, with its calls when they were asked for."""
+
+    id: int
+    tenant: str
+    alert_id: str
+    group_name: str
+    message: str
+    mode: str
+    status: AlertStatus
+    event_id: str | None
+    stream_id: str
+    duplicates: int
+    last_duplicate_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    round: int
+    rounds: int
+    next_round_at: datetime | None
+    calls: list[AlertCall]
+
+
+# --- API tokens ---------------------------------------------------------------------------
+
+
+class TokenScope(StrEnum):
+    """What an API token may do (``api_tokens.scope``)."""
+
+    FIRE = "fire"  # send events (fire, resolve, ack, Alertmanager) and read alerts back
+    ADMIN = "admin"  # all of that, and administer alert groups
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A token's row: never the token itself, only what identifies and scopes it."""
+
+    id: int
+    tenant: str
+    name: str
+    scope: TokenScope
+    key_id: str
+    token_sha256: bytes
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The token for ``tokens list --json``: no digest, no secret."""
+        return {
+            "tenant": self.tenant,
+            "name": self.name,
+            "scope": str(self.scope),
+            "key_id": self.key_id,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
 # --- dead letters -------------------------------------------------------------------------
 
 

@@ -32,19 +32,23 @@ or SIGINT stops accepting connections, lets requests in flight finish for up to
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 import redis.asyncio
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from arq.connections import ArqRedis
 
-from worker import db
+from worker import api, db
 from worker.config import Settings, redact_url
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
-from worker.web_support import DB, REDIS, SETTINGS, error_response
+from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS, error_response
 
 log = get_logger(__name__)
 
@@ -59,8 +63,8 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_COMMAND_TIMEOUT_S = 5.0
 
 AddRoutes = Callable[[web.Application], None]
-#: Each feature module's ``add_routes``, called by create_app (none yet).
-FEATURES: tuple[AddRoutes, ...] = ()
+#: Each feature module's ``add_routes``, called by create_app.
+FEATURES: tuple[AddRoutes, ...] = (api.add_routes,)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -162,12 +166,54 @@ async def _ping_postgres(pool: asyncpg.Pool) -> None:
         await conn.fetchval("SELECT 1")
 
 
+# --- the access log -----------------------------------------------------------------------
+
+# An API token pasted where it does not belong (a path, a query string): keep its public key
+# id, hide its secret. Tokens are read from the Authorization header only, never logged.
+_TOKEN_RE = re.compile(r"(va_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
+#: Health probes that succeed are not logged: a probe every few seconds would drown the rest.
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
+def _scrub(text: str) -> str:
+    return _TOKEN_RE.sub(r"\1***", text)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One ``web.request`` line per request: method, path, status, duration, who
+    (``tenant/token-name``) and what the handler added (``LOG_FIELDS``: the alert and stream
+    ids it wrote); never a header; phone numbers masked like every line."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in _PROBES and response.status < 400:
+            return
+        log.info("web.request", method=request.method, path=_scrub(request.path),
+                 query=_scrub(request.query_string) or None, status=response.status,
+                 duration_ms=round(time * 1000, 1), actor=request.get(ACTOR),
+                 remote=request.remote, **request.get(LOG_FIELDS, {}))
+
+
+class BadRequestsInOneLine(logging.Filter):
+    """aiohttp answers a request it cannot parse (a malformed request line, a header over
+    8 KiB) with a plain-text 400 before any handler runs, and logs it with a traceback: it
+    is the client's mistake, so it becomes one ``web.bad_request`` line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        log.warning("web.bad_request", error=type(error).__name__, detail=error.message[:200])
+        return False
+
+
 # --- the process --------------------------------------------------------------------------
 
 
 async def serve(settings: Settings) -> int:
     """Run the web process until SIGTERM or SIGINT; returns the exit status."""
-    runner = web.AppRunner(create_app(settings), access_log=None,
+    logging.getLogger("aiohttp.server").addFilter(BadRequestsInOneLine())
+    runner = web.AppRunner(create_app(settings), access_log_class=AccessLog,
+                           access_log=logging.getLogger("aiohttp.access"),
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     stop = asyncio.Event()

@@ -19,6 +19,11 @@ from worker.config import Settings
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", ArqRedis)
 DB = web.AppKey("db", asyncpg.Pool)
+#: Who a request acts as, for the access log (``tenant/token-name``); never a secret.
+ACTOR = web.RequestKey("actor", str)
+#: What a handler adds to its request's access-log line (e.g. the alert and stream ids it
+#: wrote): one line per request, not one more per event.
+LOG_FIELDS = web.RequestKey("log_fields", dict)
 
 
 def error_response(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import signal
 import subprocess
@@ -16,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import json_lines
 
 # arq's own log lines for a job: "  0.01s → <job id>:<function>(<args>)" when it starts, then
 # "← … ●" (done), "↻" (retry or cancelled, will run again), "!" (failed) or "⊘" (aborted).
@@ -66,13 +67,7 @@ class WorkerProc:
 
     def events(self) -> list[dict[str, Any]]:
         """The process's log lines as JSON objects (lines that are not JSON are skipped)."""
-        out = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
+        return json_lines(self.log_text())
 
     def logged(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == event]
