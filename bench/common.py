@@ -39,10 +39,17 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/voicealert"
 DATABASE_URL = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
-# Redis logical DB 14 for bench.supervised (bench.poison), which scopes its keys by prefix.
+# For the stand-alone benchmarks of other issues (bench.poison, bench.http_api): Redis
+# logical DB 14 (they scope their keys by prefix) and a database of their own.
 BENCH_REDIS = urlunsplit(
     urlsplit(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL))._replace(path="/14")
 )
+BENCH_DB = "voicealert_bench"
+
+
+def bench_database_url() -> str:
+    return urlunsplit(urlsplit(DATABASE_URL)._replace(path=f"/{BENCH_DB}"))
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
