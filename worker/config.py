@@ -83,8 +83,12 @@ class Settings(BaseSettings):
     web_port: int = Field(
         default=8080, ge=1, le=65535, validation_alias=_env("VOICEALERT_WEB_PORT", "PORT")
     )
+    # The cap catches a typo that would all but switch the limit off; 10,000 (a 0.1 ms spacing,
+    # below what a job poll can observe) leaves room for accounts allowed a high call rate and
+    # for measuring fan-out with no effective limit (issue 12). It was 1,000, which made the
+    # limiter, not the worker, the bound of the fan-out benchmark.
     calls_per_second: float = Field(
-        default=1.0, gt=0, le=1000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
+        default=1.0, gt=0, le=10_000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
     )
     redis_prefix: str = Field(
         default="voicealert:", min_length=1, validation_alias=_env("VOICEALERT_REDIS_PREFIX")
@@ -122,6 +126,8 @@ class Settings(BaseSettings):
     speech_voice: str = Field(default="alice", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     speech_language: str = Field(default="en-US",
                                  pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
+    machine_detection: Literal["Enable", "DetectMessageEnd", "off"] = "Enable"
+    voicemail: bool = False
     simulated_outcomes: str = "completed"
     simulated_ring_s: float = Field(default=1.0, ge=0)
     simulated_talk_s: float = Field(default=2.0, ge=0)
@@ -211,6 +217,11 @@ class Settings(BaseSettings):
         alert; without a public URL nobody could receive the digit, and a human answering
         stands in for an acknowledgement."""
         return self.public_url is not None
+
+    @property
+    def detection(self) -> str | None:
+        """The MachineDetection mode calls ask for, or None when it is off."""
+        return None if self.machine_detection == "off" else self.machine_detection
 
     @property
     def speech(self) -> Speech:
