@@ -153,6 +153,7 @@ async def create_alert(
     event: a redelivered event returns the rows it created the first time (``created`` is
     False), except that an event which rang nobody is taken up again."""
     async with conn.transaction():
+        await conn.execute(_LOCK_DUPLICATE_OWNERS, [alert.tenant], [alert.event_key])
         row = await conn.fetchrow(
             """
             INSERT INTO alerts (tenant, alert_id, event_key, group_name, message, mode, status,
@@ -227,10 +228,31 @@ async def create_alert(
     )
 
 
+# Counting a duplicate and creating the alert it counts toward take the same transaction
+# lock: without it, a replica counting while another creates the alert (each statement blind
+# to the other's uncommitted row) lost the count. Taken in a fixed order: no deadlock.
+_LOCK_DUPLICATE_OWNERS = """
+SELECT pg_advisory_xact_lock(hashtextextended(o.tenant || chr(31) || o.owner_key, 0))
+FROM (SELECT DISTINCT tenant, owner_key FROM unnest($1::text[], $2::text[]) AS u(tenant, owner_key)
+      ORDER BY tenant, owner_key) o
+"""
+
+
 async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> None:
     """Count suppressed events on the alert that holds the lock, once per stream entry."""
     if not duplicates:
         return
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            await record_duplicates(conn, duplicates)
+        return
+    async with db.transaction():
+        await db.execute(_LOCK_DUPLICATE_OWNERS, [d.tenant for d in duplicates],
+                         [d.owner_key for d in duplicates])
+        await _count_duplicates(db, duplicates)
+
+
+async def _count_duplicates(db: Connection, duplicates: Sequence[Duplicate]) -> None:
     await db.execute(
         """
         WITH inserted AS (
