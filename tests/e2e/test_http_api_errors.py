@@ -223,13 +223,18 @@ async def test_a_trigger_without_group_names_the_field(api: Api) -> None:
     (b"{", "not valid JSON"),
     (b'["an", "array"]', "must be a JSON object"),
     (b'"text"', "must be a JSON object"),
-    (b"\xff\xfe{}", "not UTF-8"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b'{"alert_id": "db\xff"}', "codec can't decode"),
     (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": {"x": NaN}}', "NaN"),
     (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": {"x": 1e999}}', "range"),
-    (b'{"alert_id": "a", "dedup_window_s": ' + b"9" * 10_000 + b"}", "too many digits"),
-    (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+    (b'{"alert_id": "a", "dedup_window_s": ' + b"9" * 10_000 + b"}", "10000 digits"),
+    (b"[" * 30_000 + b"]" * 30_000, "more than 32 levels deep"),
+    (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": ' + b'{"k": ' * 40
+     + b"1" + b"}" * 41, "more than 32 levels deep"),
 ])
-async def test_a_body_that_is_not_a_json_object_is_400(api: Api, body: bytes, error: str) -> None:
+async def test_a_body_that_is_not_a_readable_json_object_is_400(
+    api: Api, body: bytes, error: str
+) -> None:
     answer = await api.call("POST", "/v1/alerts", data=body, headers=JSON)
     assert answer.status == 400
     assert error in answer.body["error"]
@@ -258,6 +263,22 @@ async def test_metadata_nested_nine_hundred_deep_is_400_not_500(api: Api) -> Non
         nested = {"k": nested}
     answer = await api.call("POST", "/v1/alerts", json_body={**EVENT, "metadata": nested})
     assert answer.status == 400
+
+
+async def test_the_api_refuses_what_a_worker_could_not_read(api: Api) -> None:
+    # 31 levels of metadata nesting is the most the stream's readers take (32 with the
+    # event): 32 is refused here rather than accepted and dead-lettered by a worker.
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = {"k": value}
+        return value
+
+    answer = await api.call("POST", "/v1/alerts", json_body={**EVENT, "metadata": nested(32)})
+    assert answer.status == 400
+    accepted = await api.web.request("POST", "/v1/alerts", token=api.tokens["fire"],
+                                     json_body={**EVENT, "metadata": nested(31)})
+    assert accepted.status == 202
 
 
 async def test_an_idempotency_key_with_control_characters_is_400(api: Api) -> None:
