@@ -32,12 +32,13 @@ from worker.ingest import StreamConsumer
 from worker.jobs import after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger
-from worker.outcomes import cancel_call, poll_call
+from worker.outcomes import cancel_call, poll_call, settle_call
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
     PLACE_CALL,
     POLL_CALL,
+    SETTLE_CALL,
     json_deserializer,
     json_serializer,
 )
@@ -126,6 +127,8 @@ class WorkerProcess:
                 func(call_job(PLACE_CALL, place_call), name=PLACE_CALL, max_tries=_MAX_JOB_TRIES),
                 func(call_job(POLL_CALL, poll_call), name=POLL_CALL, max_tries=_MAX_JOB_TRIES),
                 func(call_job(CANCEL_CALL, cancel_call), name=CANCEL_CALL,
+                     max_tries=_MAX_JOB_TRIES),
+                func(call_job(SETTLE_CALL, settle_call), name=SETTLE_CALL,
                      max_tries=_MAX_JOB_TRIES),
             ],
             after_job_end=after_job_end,

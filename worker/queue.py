@@ -20,6 +20,7 @@ from arq.jobs import serialize_job
 PLACE_CALL = "place_call"
 POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
+SETTLE_CALL = "settle_call"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:

@@ -44,7 +44,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from arq.connections import ArqRedis
 
-from worker import api, db
+from worker import api, db, webhooks
 from worker.config import Settings, redact_url
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
@@ -64,7 +64,7 @@ REDIS_COMMAND_TIMEOUT_S = 5.0
 
 AddRoutes = Callable[[web.Application], None]
 #: Each feature module's ``add_routes``, called by create_app.
-FEATURES: tuple[AddRoutes, ...] = (api.add_routes,)
+FEATURES: tuple[AddRoutes, ...] = (api.add_routes, webhooks.add_routes)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
