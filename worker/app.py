@@ -32,10 +32,11 @@ from worker.ingest import StreamConsumer
 from worker.jobs import after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger
-from worker.outcomes import cancel_call, poll_call, settle_call
+from worker.outcomes import cancel_call, check_answer, poll_call, settle_call
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
+    CHECK_ANSWER,
     PLACE_CALL,
     POLL_CALL,
     SETTLE_CALL,
@@ -129,6 +130,8 @@ class WorkerProcess:
                 func(call_job(CANCEL_CALL, cancel_call), name=CANCEL_CALL,
                      max_tries=_MAX_JOB_TRIES),
                 func(call_job(SETTLE_CALL, settle_call), name=SETTLE_CALL,
+                     max_tries=_MAX_JOB_TRIES),
+                func(call_job(CHECK_ANSWER, check_answer), name=CHECK_ANSWER,
                      max_tries=_MAX_JOB_TRIES),
             ],
             after_job_end=after_job_end,

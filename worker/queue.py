@@ -21,6 +21,7 @@ PLACE_CALL = "place_call"
 POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
 SETTLE_CALL = "settle_call"
+CHECK_ANSWER = "check_answer"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:
