@@ -538,20 +538,22 @@ async def put_group(request: web.Request, principal: Principal) -> web.Response:
     """Create the group or replace its whole member list: 201 when created, else 200."""
     key = _group_key(request, principal)
     body = _object(await _read_json(request), "a group: {\"members\": [...]}")
-    unknown = sorted(set(body) - {"tenant", "members"})
+    unknown = sorted(set(body) - {"tenant", "members", "rounds", "round_delay_s"})
     if unknown:
         raise _invalid("invalid group", [(k, "Extra inputs are not permitted") for k in unknown])
     if body.get("tenant") is not None:
         _check_tenant(_identifier(body["tenant"], "tenant"), principal)
     try:
         spec = GroupSpec.model_validate(
-            {"tenant": key.tenant, "name": key.name, "members": body.get("members")})
+            {"tenant": key.tenant, "name": key.name, "members": body.get("members"),
+             "rounds": body.get("rounds"), "round_delay_s": body.get("round_delay_s")})
     except pydantic.ValidationError as exc:
         raise _invalid("invalid group", describe_errors(exc)) from None
     except RecursionError:
         raise _invalid("invalid group", [("members", "is nested too deeply")]) from None
     group = await _from_db(request, db.upsert_group(
-        request.app[DB], spec.tenant, spec.name, spec.members))
+        request.app[DB], spec.tenant, spec.name, spec.members, rounds=spec.rounds,
+        round_delay_s=spec.round_delay_s))
     request[LOG_FIELDS] = {"group": spec.name, "members": len(spec.members)}
     return _json(201 if group.created_at == group.updated_at else 200, GroupView.of(group))
 

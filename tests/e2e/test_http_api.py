@@ -306,7 +306,7 @@ async def test_an_admin_token_creates_replaces_reads_and_deletes_its_tenants_gro
                {"name": "Bob", "phone": "0044 20 7946 0958"}]
 
     created = await web.request("PUT", "/v1/groups/oncall", token=admin,
-                                json_body={"members": members})
+                                json_body={"members": members, "rounds": 5, "round_delay_s": 60})
     replaced = await web.request("PUT", "/v1/groups/oncall", token=admin,
                                  json_body={"tenant": "tenant-a", "members": members[:1]})
     read = await web.request("GET", "/v1/groups/oncall", token=admin)
@@ -316,7 +316,9 @@ async def test_an_admin_token_creates_replaces_reads_and_deletes_its_tenants_gro
     assert created.body["members"] == [{"name": "Alice", "phone": "+14155550100"},
                                        {"name": "Bob", "phone": "+442079460958"}]
     assert (created.body["tenant"], created.body["name"]) == ("tenant-a", "oncall")
+    assert (created.body["rounds"], created.body["round_delay_s"]) == (5, 60)
     assert replaced.status == 200
+    assert (replaced.body["rounds"], replaced.body["round_delay_s"]) == (5, 60)  # kept
     assert read.body == replaced.body
     assert read.body["members"] == [{"name": "Alice", "phone": "+14155550100"}]
     assert [g["name"] for g in listed.body["groups"]] == ["oncall"]

@@ -433,9 +433,23 @@ async def test_a_bad_group_name_in_the_url_is_400(api: Api, path: str, field: st
 
 async def test_a_group_body_with_unknown_fields_is_400(api: Api) -> None:
     answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
-                            json_body={**GROUP, "rounds": "many", "owner": "me"})
+                            json_body={**GROUP, "colour": "red", "owner": "me"})
     assert answer.status == 400
-    assert [e["field"] for e in answer.body["errors"]] == ["owner", "rounds"]
+    assert [e["field"] for e in answer.body["errors"]] == ["colour", "owner"]
+
+
+@pytest.mark.parametrize(("rounds", "round_delay_s"), [(0, None), (21, None), ("3", None),
+                                                      (None, -1), (None, 86401), (None, 1.5)])
+async def test_group_rounds_are_checked_like_groups_set(
+    api: Api, rounds: Any, round_delay_s: Any
+) -> None:
+    answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
+                            json_body={**GROUP, "rounds": rounds, "round_delay_s": round_delay_s})
+    assert answer.status == 400
+    with pytest.raises(pydantic.ValidationError) as refused:
+        group_spec("acme", "oncall", GROUP["members"], rounds=rounds, round_delay_s=round_delay_s)
+    assert answer.body["errors"] == [
+        {"field": f, "reason": r} for f, r in describe_errors(refused.value)]
 
 
 # --- 413, 415 -----------------------------------------------------------------------------
