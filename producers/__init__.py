@@ -60,6 +60,8 @@ class AlertProducer:
         mode: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         event_id: str | None = None,
+        rounds: int | None = None,
+        round_delay_s: int | None = None,
     ) -> str:
         event = build_event(
             alert_id=alert_id,
@@ -70,6 +72,8 @@ class AlertProducer:
             mode=mode,
             metadata=dict(metadata) if metadata is not None else None,
             event_id=event_id,
+            rounds=rounds,
+            round_delay_s=round_delay_s,
         )
         return await self.send(event)
 

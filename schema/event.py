@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +32,11 @@ from schema.wire import MAX_INTEGER_DIGITS, MAX_JSON_DEPTH
 METADATA_MAX_BYTES = 4096
 DEDUP_WINDOW_MAX_S = 86400
 DEFAULT_DEDUP_WINDOW_S = 300
+# Rounds: how many times an unacknowledged alert is called, and the pause between rounds.
+DEFAULT_ROUNDS = 3
+ROUNDS_MAX = 20
+DEFAULT_ROUND_DELAY_S = 120
+ROUND_DELAY_MAX_S = 86400
 DEFAULT_TENANT = "default"
 
 # E.164: a plus, a non-zero country code digit, at most 15 digits in all.
@@ -233,23 +239,36 @@ class AlertEvent(BaseModel):
         description="Who acknowledged (only with action ack).",
         json_schema_extra=_never_null,
     )
+    # None: the group's setting (docs/contracts.md#rounds). Not nullable on the wire.
+    rounds: int | None = Field(
+        default=None, ge=1, le=ROUNDS_MAX,
+        description="Rounds of calls at most while nobody acknowledges (default: the group's).",
+        json_schema_extra=_never_null,
+    )
+    round_delay_s: int | None = Field(
+        default=None, ge=0, le=ROUND_DELAY_MAX_S,
+        description="Seconds between the end of a round and the next (default: the group's).",
+        json_schema_extra=_never_null,
+    )
 
-    @field_validator("dedup_window_s", mode="before")
+    @field_validator("dedup_window_s", "rounds", "round_delay_s", mode="before")
     @classmethod
-    def _reject_non_integers(cls, value: Any) -> Any:
+    def _reject_non_integers(cls, value: Any, info: ValidationInfo) -> Any:
         # JSON true/false, 1.5 or "30" must not quietly become a window (the JSON Schema
         # says integer; the model must not accept more than the schema does).
         if isinstance(value, bool | str) or (
             isinstance(value, float) and not value.is_integer()
         ):
-            raise ValueError("must be a whole number of seconds")
+            unit = " of seconds" if str(info.field_name).endswith("_s") else ""
+            raise ValueError(f"must be a whole number{unit}")
         return value
 
-    @field_validator("acknowledged_by", mode="before")
+    @field_validator("acknowledged_by", "rounds", "round_delay_s", mode="before")
     @classmethod
-    def _reject_null(cls, value: Any) -> Any:
+    def _reject_null(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
-            raise ValueError("must be a string (leave the field out instead of null)")
+            kind = "a string" if info.field_name == "acknowledged_by" else "a whole number"
+            raise ValueError(f"must be {kind} (leave the field out instead of null)")
         return value
 
     @model_validator(mode="after")

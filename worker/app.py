@@ -32,7 +32,7 @@ from worker.ingest import StreamConsumer
 from worker.jobs import after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger
-from worker.outcomes import cancel_call, check_answer, poll_call, settle_call
+from worker.outcomes import cancel_call, check_answer, poll_call, settle_call, start_round
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
@@ -40,6 +40,7 @@ from worker.queue import (
     PLACE_CALL,
     POLL_CALL,
     SETTLE_CALL,
+    START_ROUND,
     json_deserializer,
     json_serializer,
 )
@@ -132,6 +133,8 @@ class WorkerProcess:
                 func(call_job(SETTLE_CALL, settle_call), name=SETTLE_CALL,
                      max_tries=_MAX_JOB_TRIES),
                 func(call_job(CHECK_ANSWER, check_answer), name=CHECK_ANSWER,
+                     max_tries=_MAX_JOB_TRIES),
+                func(call_job(START_ROUND, start_round), name=START_ROUND,
                      max_tries=_MAX_JOB_TRIES),
             ],
             after_job_end=after_job_end,

@@ -30,13 +30,17 @@ async def _produce(method: str, **fields: Any) -> str:
 @click.option("--dedup-window", type=int, default=None, help="Seconds; 0 = no dedup.")
 @click.option("--mode", type=click.Choice(["parallel", "sequential"]), default=None)
 @click.option("--event-id", default=None, help="Idempotency key of this event.")
+@click.option("--rounds", type=int, default=None, help="Rounds at most (default: the group's).")
+@click.option("--round-delay", "round_delay", type=int, default=None,
+              help="Seconds between rounds (default: the group's).")
 @run_async
 async def fire(group: str, alert_id: str, message: str, tenant: str, dedup_window: int | None,
-               mode: str | None, event_id: str | None) -> None:
+               mode: str | None, event_id: str | None, rounds: int | None,
+               round_delay: int | None) -> None:
     """Fire an alert event onto the stream; prints the stream entry id."""
     click.echo(await _produce("fire", group=group, alert_id=alert_id, message=message,
                               tenant=tenant, dedup_window_s=dedup_window, mode=mode,
-                              event_id=event_id))
+                              event_id=event_id, rounds=rounds, round_delay_s=round_delay))
 
 
 @click.command()

@@ -22,6 +22,7 @@ POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
 SETTLE_CALL = "settle_call"
 CHECK_ANSWER = "check_answer"
+START_ROUND = "start_round"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:

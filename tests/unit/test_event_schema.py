@@ -349,3 +349,28 @@ def test_json_schema_states_the_contract_rules() -> None:
     }
     assert props["mode"]["enum"] == ["parallel", "sequential"]
     assert props["metadata"]["type"] == "object"
+
+
+# --- rounds -------------------------------------------------------------------------------------
+
+
+def test_rounds_default_to_the_groups_and_may_be_set_by_the_event() -> None:
+    assert (event().rounds, event().round_delay_s) == (None, None)
+    assert (event(rounds=5, round_delay_s=0).rounds, event(round_delay_s=0).round_delay_s) == (
+        5, 0)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("rounds", 0), ("rounds", 21), ("rounds", True), ("rounds", "3"), ("rounds", 2.5),
+    ("rounds", None), ("round_delay_s", -1), ("round_delay_s", 86401), ("round_delay_s", None),
+])
+def test_rounds_out_of_bounds_or_not_whole_numbers_are_refused(field: str, value: Any) -> None:
+    assert rejected_field({**VALID, field: value}) == field
+
+
+def test_json_schema_states_the_round_bounds() -> None:
+    props = json.loads(EVENT_SCHEMA_PATH.read_text())["properties"]
+    assert (props["rounds"]["type"], props["rounds"]["minimum"], props["rounds"]["maximum"]) == (
+        "integer", 1, 20)
+    assert (props["round_delay_s"]["minimum"], props["round_delay_s"]["maximum"]) == (0, 86400)
+    assert "default" not in props["rounds"]
