@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -68,6 +70,33 @@ async def admin_sql(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        """The one stderr line a failing command must print (fails the test otherwise)."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
+        assert "Traceback" not in self.stderr
+        return lines[0]
+
+
+async def run_cli(env: Mapping[str, str], *args: str, stdin: bytes | None = None) -> CliResult:
+    """``voicealert ARGS`` as a real process with ``env`` on top of this one's environment."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
 
 
 class InProcessWorker:

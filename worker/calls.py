@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from arq import Retry
 
-from worker import db
+from worker import db, metrics
 from worker.dead_letters import call_letter
-from worker.logs import get_logger
+from worker.logs import bind_job, get_logger
 from worker.models import (
     LIVE_PROVIDER_STATUSES,
     TERMINAL_ALERT_STATUSES,
@@ -52,6 +52,7 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         log.warning("call.missing", call=call_id)
         return "missing"
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.status in TERMINAL_CALL_STATUSES:
         return "already-ended"
     # A sid on a 'dialing' row: the previous run was stopped between recording the sid and
@@ -60,9 +61,10 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
         return "already-placed"
     if call.alert_status in TERMINAL_ALERT_STATUSES:
-        await db.advance_call(s.db, call.id, CallUpdate(
-            status=CallStatus.CANCELED, source=StatusSource.CANCEL,
-            error_message="alert resolved before the call was placed"))
+        if await db.advance_call(s.db, call.id, CallUpdate(
+                status=CallStatus.CANCELED, source=StatusSource.CANCEL,
+                error_message="alert resolved before the call was placed")):
+            metrics.call_ended(CallStatus.CANCELED)
         bound.info("call.canceled", reason="alert resolved")
         return "canceled"
     now = datetime.now(UTC)
@@ -113,7 +115,8 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
     attempt = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
     if attempt is None:
         return "not-dialable"
-    bound.info("call.dialing", to=call.phone, attempt=attempt)
+    metrics.dialing(call, attempt)
+    bound.debug("call.dialing", to=call.phone, attempt=attempt)
     started = time.monotonic()
     try:
         placed = await s.provider.create_call(to=call.phone, twiml=alert_twiml(call.message))
@@ -131,7 +134,7 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
                       retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     bound.info("call.placed", sid=placed.sid, status=placed.status, attempt=attempt,
-               provider_ms=round((time.monotonic() - started) * 1000, 1))
+               to=call.phone, provider_ms=round((time.monotonic() - started) * 1000, 1))
     await record_provider_call(s, call, placed)
     return "placed"
 
@@ -146,9 +149,10 @@ async def _retry_delay(s: Services, attempt: int) -> float:
 async def _fail_permanently(
     s: Services, call: CallJob, attempt: int, exc: PermanentProviderError
 ) -> None:
-    await db.advance_call(s.db, call.id, CallUpdate(
-        status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
-        error_message=str(exc)))
+    if await db.advance_call(s.db, call.id, CallUpdate(
+            status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
+            error_message=str(exc))):
+        metrics.call_ended(CallStatus.FAILED)
     await db.insert_dead_letters(s.db, [call_letter(
         call.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
         payload=_letter_payload(call) | {"http_status": exc.http_status, "code": exc.code})])
@@ -166,6 +170,7 @@ async def _give_up(
     changed = await db.advance_call(s.db, call.id, CallUpdate(
         status=CallStatus.FAILED, source=StatusSource.WORKER, error_message=error))
     if changed:
+        metrics.call_ended(CallStatus.FAILED)
         await db.insert_dead_letters(s.db, [call_letter(
             call.id, call.attempts, reason=reason, error=error, payload=_letter_payload(call))])
         log.error(_GIVE_UP_EVENTS[reason], call=call.id, alert=call.alert, alert_id=call.alert_id,

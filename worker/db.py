@@ -20,10 +20,13 @@ import asyncpg
 from schema import Member
 from worker.models import (
     ANSWERED_CALL_STATUSES,
+    OPEN_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
     TERMINAL_ALERT_STATUSES,
+    AlertCallEvent,
     AlertProgress,
+    AlertRow,
     AlertStatus,
     CallEvent,
     CallJob,
@@ -33,7 +36,9 @@ from worker.models import (
     CallUpdate,
     DeadLetter,
     Duplicate,
+    DuplicateSpan,
     Group,
+    LetterSummary,
     LiveCall,
     NewAlert,
     NewDeadLetter,
@@ -297,7 +302,7 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
         """
         SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
                c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
-               a.message, a.mode, a.status AS alert_status, a.received_at
+               a.message, a.mode, a.status AS alert_status, a.received_at, a.stream_id
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE c.id = $1
         """,
@@ -502,6 +507,8 @@ async def list_calls(
     alert_id: str | None = None,
     status: CallStatus | None = None,
     limit: int = 1000,
+    since: datetime | None = None,
+    alert: int | None = None,
 ) -> list[CallRow]:
     rows = await db.fetch(
         """
@@ -513,6 +520,8 @@ async def list_calls(
         WHERE ($1::text IS NULL OR a.tenant = $1)
           AND ($2::text IS NULL OR a.alert_id = $2)
           AND ($3::text IS NULL OR c.status = $3)
+          AND ($5::timestamptz IS NULL OR c.created_at >= $5)
+          AND ($6::bigint IS NULL OR c.alert = $6)
         ORDER BY c.id DESC
         LIMIT $4
         """,
@@ -520,6 +529,8 @@ async def list_calls(
         alert_id,
         status,
         limit,
+        since,
+        alert,
     )
     return [CallRow(**{**dict(r), "status": CallStatus(r["status"])}) for r in reversed(rows)]
 
@@ -572,6 +583,10 @@ async def list_dead_letters(
         limit,
     )
     return [DeadLetter(**dict(r)) for r in rows]
+
+
+async def count_dead_letters(db: Executor) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM dead_letters"))
 
 
 async def get_dead_letter(db: Executor, letter_id: int) -> DeadLetter | None:
@@ -658,3 +673,169 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
                   source=StatusSource(r["source"]), detail=r["detail"], at=r["at"])
         for r in rows
     ]
+
+
+# --- what `voicealert status` and the metrics read (worker/health.py) ---------------------
+
+
+async def applied_migrations(db: Executor) -> dict[int, str]:
+    """Version → checksum of every migration applied to this database."""
+    rows = await db.fetch("SELECT version, checksum FROM schema_migrations")
+    return {r["version"]: r["checksum"] for r in rows}
+
+
+async def calls_by_status_since(db: Executor, seconds: float) -> dict[str, int]:
+    """Calls created within the last ``seconds``, counted by status."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM calls"
+        " WHERE created_at > now() - make_interval(secs => $1) GROUP BY status",
+        seconds,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def alerts_by_status_since(db: Executor, seconds: float) -> dict[str, int]:
+    """Alerts received within the last ``seconds``, counted by status."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM alerts"
+        " WHERE received_at > now() - make_interval(secs => $1) GROUP BY status",
+        seconds,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def open_alerts_by_status(db: Executor) -> dict[str, int]:
+    """Alerts still ringing people, whatever their age."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM alerts WHERE status = ANY($1::text[])"
+        " GROUP BY status",
+        list(OPEN_ALERT_STATUSES),
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def dead_letters_waiting(db: Executor, recent_s: float) -> list[LetterSummary]:
+    """Letters not replayed, by source and reason; ``recent``: created in the last
+    ``recent_s`` seconds."""
+    rows = await db.fetch(
+        """
+        SELECT source, reason, count(*) AS waiting,
+               count(*) FILTER (WHERE created_at > now() - make_interval(secs => $1)) AS recent,
+               max(created_at) AS newest
+        FROM dead_letters WHERE replayed_at IS NULL
+        GROUP BY source, reason ORDER BY count(*) DESC, source, reason
+        """,
+        recent_s,
+    )
+    return [LetterSummary(**dict(r)) for r in rows]
+
+
+async def stuck_calls(db: Executor, older_than_s: float) -> int:
+    """Calls at the provider (or being dialed) with no change for ``older_than_s`` seconds."""
+    value = await db.fetchval(
+        "SELECT count(*) FROM calls WHERE status = ANY($1::text[])"
+        " AND updated_at < now() - make_interval(secs => $2)",
+        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
+        older_than_s,
+    )
+    return int(value)
+
+
+# --- alerts as operators read them (`voicealert alerts`) -----------------------------------
+
+_ALERT_COLUMNS = frozenset(
+    f for f in AlertRow.__dataclass_fields__ if f not in ("extra",)
+)
+
+
+def _alert(row: asyncpg.Record) -> AlertRow:
+    values = dict(row)
+    extra = {k: v for k, v in values.items() if k not in _ALERT_COLUMNS}
+    return AlertRow(**{k: values[k] for k in _ALERT_COLUMNS}, extra=extra)
+
+
+_ALERTS_WITH_COUNTS = """
+    SELECT a.*,
+           (SELECT count(*) FROM calls c WHERE c.alert = a.id) AS call_count,
+           (SELECT count(*) FROM calls c WHERE c.alert = a.id AND c.status = ANY($1::text[]))
+               AS answered_count
+    FROM alerts a
+"""
+
+
+async def list_alerts(
+    db: Executor,
+    *,
+    tenant: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> list[AlertRow]:
+    """The newest ``limit`` alerts (oldest first), with their call counts."""
+    rows = await db.fetch(
+        _ALERTS_WITH_COUNTS
+        + """
+        WHERE ($2::text IS NULL OR a.tenant = $2)
+          AND ($3::text IS NULL OR a.status = $3)
+          AND ($4::timestamptz IS NULL OR a.received_at >= $4)
+        ORDER BY a.id DESC
+        LIMIT $5
+        """,
+        list(ANSWERED_CALL_STATUSES),
+        tenant,
+        status,
+        since,
+        limit,
+    )
+    return [_alert(r) for r in reversed(rows)]
+
+
+async def find_alerts(db: Executor, tenant: str, alert_id: str) -> list[AlertRow]:
+    """Every alert row of ``alert_id`` in ``tenant`` (one per trigger that rang), oldest first."""
+    rows = await db.fetch(
+        _ALERTS_WITH_COUNTS + " WHERE a.tenant = $2 AND a.alert_id = $3 ORDER BY a.id",
+        list(ANSWERED_CALL_STATUSES),
+        tenant,
+        alert_id,
+    )
+    return [_alert(r) for r in rows]
+
+
+async def duplicate_span(db: Executor, tenant: str, owner_key: str) -> DuplicateSpan:
+    row = await db.fetchrow(
+        "SELECT count(*) AS count, min(received_at) AS first, max(received_at) AS last"
+        " FROM duplicate_events WHERE tenant = $1 AND owner_key = $2",
+        tenant,
+        owner_key,
+    )
+    assert row is not None
+    return DuplicateSpan(count=row["count"], first=row["first"], last=row["last"])
+
+
+async def alert_call_events(db: Executor, alert_pk: int) -> list[AlertCallEvent]:
+    """Every status change of the alert's calls, in the order they happened."""
+    rows = await db.fetch(
+        """
+        SELECT e.id, e.call, c.position, c.member_name, c.phone, e.status, e.source,
+               e.detail, e.at
+        FROM call_events e JOIN calls c ON c.id = e.call
+        WHERE c.alert = $1
+        ORDER BY e.id
+        """,
+        alert_pk,
+    )
+    return [AlertCallEvent(**dict(r)) for r in rows]
+
+
+async def alert_dead_letters(db: Executor, alert_pk: int, stream_id: str) -> list[DeadLetter]:
+    """Letters about the alert: its calls', and its stream entry's (an unknown group)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters
+        WHERE call IN (SELECT id FROM calls WHERE alert = $1) OR letter_key = 'stream:' || $2
+        ORDER BY id
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        alert_pk,
+        stream_id,
+    )
+    return [DeadLetter(**dict(r)) for r in rows]

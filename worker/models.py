@@ -78,6 +78,8 @@ TERMINAL_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED})
 RANG_NOBODY_ALERT_STATUSES = frozenset({AlertStatus.UNKNOWN_GROUP, AlertStatus.EMPTY_GROUP})
 #: What a resolve applies to.
 RESOLVABLE_ALERT_STATUSES = frozenset({AlertStatus.CALLING, AlertStatus.ANSWERED})
+#: Still ringing people (``voicealert status`` counts these whatever their age).
+OPEN_ALERT_STATUSES = frozenset({AlertStatus.CALLING})
 
 
 # --- groups -------------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class CallJob:
     mode: str
     alert_status: AlertStatus
     received_at: datetime
+    stream_id: str | None = None  # the entry that created the alert (its id is the XADD time)
 
 
 @dataclass(frozen=True)
@@ -209,6 +212,65 @@ class AlertProgress:
 
 
 @dataclass(frozen=True)
+class AlertRow:
+    """An alert as operators read it (``alerts list``/``show``), with its call counts.
+
+    ``extra`` holds the columns later migrations added that this code does not name
+    (acknowledgement, rounds), as stored, so they are shown before this code knows them.
+    """
+
+    id: int
+    tenant: str
+    alert_id: str
+    event_key: str
+    group_name: str
+    message: str
+    mode: str
+    status: str  # an AlertStatus value
+    dedup_window_s: int
+    metadata: dict[str, Any]
+    event_id: str | None
+    stream_id: str
+    duplicates: int
+    last_duplicate_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    call_count: int
+    answered_count: int
+    extra: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update({k: v for k, v in self.extra.items() if k not in out})
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
+
+
+@dataclass(frozen=True)
+class AlertCallEvent:
+    """One change of one of an alert's calls, with the member it rang."""
+
+    id: int
+    call: int
+    position: int
+    member_name: str
+    phone: str
+    status: str  # a CallStatus value
+    source: str  # a StatusSource value
+    detail: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DuplicateSpan:
+    """Triggers suppressed by one alert's dedup lock: how many, first and last."""
+
+    count: int
+    first: datetime | None
+    last: datetime | None
+
+
+@dataclass(frozen=True)
 class CallRow:
     id: int
     alert_id: str
@@ -238,6 +300,17 @@ class CallRow:
 
 
 # --- dead letters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LetterSummary:
+    """Dead letters not replayed yet, of one source and reason."""
+
+    source: str
+    reason: str
+    waiting: int
+    recent: int  # of which created recently (the caller says how recently)
+    newest: datetime | None
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,14 @@ recomputed and a sequential alert moves on to its next member.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq import Retry
 
-from worker import db
-from worker.logs import get_logger
+from worker import db, metrics
+from worker.logs import bind_job, get_logger
 from worker.models import (
     TERMINAL_ALERT_STATUSES,
     TERMINAL_CALL_STATUSES,
@@ -33,6 +34,7 @@ from worker.services import Services
 log = get_logger(__name__)
 
 POLL_FIRST_S = 0.25
+_STATUS_LEVELS = {CallStatus.QUEUED: logging.DEBUG, CallStatus.RINGING: logging.DEBUG}
 POLL_MAX_S = 2.0
 
 
@@ -65,8 +67,12 @@ async def apply_status(
         answered_by=observed.answered_by,
     ))
     if changed:
-        log.info("call.status", call=call.id, alert=call.alert, alert_id=call.alert_id,
-                 sid=observed.sid, status=observed.status, duration_s=observed.duration_s)
+        metrics.call_ended(observed.status, observed.answered_by)
+        # Answered and ended are worth a line each; queued and ringing only when debugging.
+        log.log(_STATUS_LEVELS.get(CallStatus(observed.status), logging.INFO), "call.status",
+                call=call.id, alert=call.alert, alert_id=call.alert_id, sid=observed.sid,
+                status=observed.status, duration_s=observed.duration_s,
+                answered_by=observed.answered_by)
         await after_status_change(s, call.alert)
     return changed
 
@@ -78,8 +84,8 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
         return
     if progress.answered:
         if progress.mode == "sequential":
-            await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member",
-                                          StatusSource.WORKER)
+            metrics.calls_canceled(await db.cancel_pending_calls(
+                s.db, alert_pk, "answered by an earlier member", StatusSource.WORKER))
         if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
@@ -100,6 +106,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     call = await db.get_call(s.db, call_id)
     if call is None or call.status in TERMINAL_CALL_STATUSES or call.provider_sid is None:
         return "nothing-to-follow"
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     job_try = int(ctx.get("job_try", 1))
     try:
         observed = await s.provider.fetch_call(call.provider_sid)
@@ -133,6 +140,7 @@ async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
     """poll_call gives up on a call the provider lost or never ended."""
     if await db.advance_call(s.db, call.id, CallUpdate(
             status=CallStatus.FAILED, source=StatusSource.POLL, error_message=reason)):
+        metrics.call_ended(CallStatus.FAILED)
         log.error("call.lost", call=call.id, alert=call.alert, error=reason)
         await after_status_change(s, call.alert)
 
@@ -155,6 +163,7 @@ async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
     call = await db.get_call(s.db, call_id)
     if call is None or call.status in TERMINAL_CALL_STATUSES:
         return "nothing-to-cancel"
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.provider_sid is None:
         # Still dialing: place_call cancels it once the provider answers with a sid.
         if int(ctx.get("job_try", 1)) < 20:

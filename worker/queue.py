@@ -39,6 +39,18 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
     return f"{prefix}{kind}:{call_id}"
 
 
+#: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs.
+JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL}
+
+
+def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
+    """``(function, call id)`` of one of our job ids, or None."""
+    kind, _, call = value.removeprefix(prefix).partition(":")
+    if not value.startswith(prefix) or kind not in JOB_KINDS or not call.isdigit():
+        return None
+    return JOB_KINDS[kind], int(call)
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     function: str

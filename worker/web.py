@@ -39,6 +39,7 @@ from arq.connections import ArqRedis
 
 from worker import db
 from worker.config import Settings, redact_url
+from worker.health import migrations_pending
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
 
@@ -134,11 +135,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Redis and Postgres both answer within READY_TIMEOUT_S: 200; else 503 saying which."""
-    redis_check, postgres_check = await asyncio.gather(
-        _check(_ping_redis(request.app[REDIS])), _check(_ping_postgres(request.app[DB]))
+    """Redis and Postgres both answer within READY_TIMEOUT_S and every migration this code
+    knows is applied: 200; else 503 saying which."""
+    redis_check, postgres_check, migrations_check = await asyncio.gather(
+        _check(_ping_redis(request.app[REDIS])), _check(_ping_postgres(request.app[DB])),
+        _check(_migrations_applied(request.app[DB])),
     )
-    checks = {"redis": redis_check, "postgres": postgres_check}
+    checks = {"redis": redis_check, "postgres": postgres_check, "migrations": migrations_check}
     ready = all(value == "ok" for value in checks.values())
     return web.json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -152,6 +155,8 @@ async def _check(probe: Awaitable[None]) -> str:
             await probe
     except TimeoutError:
         return f"no answer within {READY_TIMEOUT_S:g}s"
+    except _NotReady as exc:
+        return str(exc)
     except Exception as exc:  # any failure to answer is "not ready", said in a word
         return f"error ({type(exc).__name__})"
     return "ok"
@@ -164,6 +169,17 @@ async def _ping_redis(client: ArqRedis) -> None:
 async def _ping_postgres(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         await conn.fetchval("SELECT 1")
+
+
+class _NotReady(Exception):
+    """A check that answered, and the answer is no (its text is the reason)."""
+
+
+async def _migrations_applied(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        pending, error = await migrations_pending(conn)
+    if error or pending:
+        raise _NotReady(error or f"not applied: {', '.join(pending)}")
 
 
 # --- the process --------------------------------------------------------------------------

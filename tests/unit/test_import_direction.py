@@ -21,7 +21,7 @@ import worker
 
 WORKER = Path(worker.__file__).parent
 STEPS = ["ingest", "fanout", "calls", "outcomes"]
-ENTRY_POINTS = {"__main__", "app", "web", "replay", "cli", "cli_support"}
+ENTRY_POINTS = {"__main__", "app", "web", "replay", "cli", "cli_support", "metrics_http"}
 
 
 def _is_entry_point(module: str) -> bool:
