@@ -4,8 +4,11 @@ Services call :class:`AlertProducer` (asyncio) or :class:`SyncAlertProducer`. Ev
 validated against :class:`schema.AlertEvent` before anything is written, so a bad event
 fails in the producer, with the field named, instead of becoming a dead letter.
 
+Services that should not hold Redis credentials use :class:`HttpAlertProducer`: the same
+``fire``/``resolve`` over the HTTP API, with an API token.
+
 Producers in other languages need none of this: XADD one field, ``event``, holding the
-JSON object described by ``schema/alert_event.schema.json``.
+JSON object described by ``schema/alert_event.schema.json`` (or POST it to ``/v1/alerts``).
 """
 
 from __future__ import annotations
@@ -14,34 +17,14 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import pydantic
 import redis
 import redis.asyncio
 
-from schema import AlertEvent, describe_errors
+from producers.http import HttpAlertProducer, ProducerError
+from producers.validation import ValidationError, build_event
+from schema import AlertEvent
 
 DEFAULT_PREFIX = "voicealert:"
-
-
-class ValidationError(ValueError):
-    """An event that does not satisfy the contract; ``field`` names the offending field."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-    @classmethod
-    def from_pydantic(cls, exc: pydantic.ValidationError) -> ValidationError:
-        return cls(*describe_errors(exc)[0])
-
-
-def build_event(**fields: Any) -> AlertEvent:
-    """An :class:`AlertEvent` from keyword fields, or :class:`ValidationError`."""
-    try:
-        return AlertEvent.model_validate({k: v for k, v in fields.items() if v is not None})
-    except pydantic.ValidationError as exc:
-        raise ValidationError.from_pydantic(exc) from None
 
 
 def _stream_key(prefix: str) -> str:
@@ -96,6 +79,19 @@ class AlertProducer:
         event = build_event(alert_id=alert_id, tenant=tenant, action="resolve", event_id=event_id)
         return await self.send(event)
 
+    async def ack(
+        self,
+        *,
+        alert_id: str,
+        tenant: str | None = None,
+        acknowledged_by: str | None = None,
+        event_id: str | None = None,
+    ) -> str:
+        """Write one acknowledgement: someone is on it, calling stops. Returns the entry id."""
+        event = build_event(alert_id=alert_id, tenant=tenant, action="ack",
+                            acknowledged_by=acknowledged_by, event_id=event_id)
+        return await self.send(event)
+
     async def send(self, event: AlertEvent) -> str:
         entry_id = await self._redis.xadd(self.stream, event.to_entry())  # type: ignore[arg-type]
         return _decode(entry_id)
@@ -146,5 +142,16 @@ class SyncAlertProducer:
     def resolve(self, **fields: Any) -> str:
         return str(self._run("resolve", **fields))
 
+    def ack(self, **fields: Any) -> str:
+        return str(self._run("ack", **fields))
 
-__all__ = ["AlertEvent", "AlertProducer", "SyncAlertProducer", "ValidationError", "build_event"]
+
+__all__ = [
+    "AlertEvent",
+    "AlertProducer",
+    "HttpAlertProducer",
+    "ProducerError",
+    "SyncAlertProducer",
+    "ValidationError",
+    "build_event",
+]

@@ -1,4 +1,5 @@
-"""The contracts: the alert event model, group members, migrations and the JSON Schema."""
+"""The contracts: the alert event model, alert groups and their members, migrations and the
+JSON Schema."""
 
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from schema.event import (
     describe_errors,
     normalize_phone,
     strip_control_characters,
+    valid_phone,
 )
+from schema.group import MAX_GROUP_MEMBERS, GroupKey, GroupSpec, TenantScope, group_spec
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MIGRATIONS_DIR = SCHEMA_DIR / "migrations"
@@ -23,12 +26,18 @@ __all__ = [
     "DEFAULT_DEDUP_WINDOW_S",
     "DEFAULT_TENANT",
     "EVENT_SCHEMA_PATH",
+    "MAX_GROUP_MEMBERS",
     "METADATA_MAX_BYTES",
     "MIGRATIONS_DIR",
     "SCHEMA_DIR",
     "AlertEvent",
+    "GroupKey",
+    "GroupSpec",
     "Member",
+    "TenantScope",
     "describe_errors",
+    "group_spec",
     "normalize_phone",
     "strip_control_characters",
+    "valid_phone",
 ]

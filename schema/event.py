@@ -8,10 +8,12 @@ every stream entry against it, producers validate before writing, and
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from typing import Annotated, Any, Literal
 
+import phonenumbers
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,6 +26,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from schema.wire import MAX_INTEGER_DIGITS, MAX_JSON_DEPTH
+
 METADATA_MAX_BYTES = 4096
 DEDUP_WINDOW_MAX_S = 86400
 DEFAULT_DEDUP_WINDOW_S = 300
@@ -31,6 +35,7 @@ DEFAULT_TENANT = "default"
 
 # E.164: a plus, a non-zero country code digit, at most 15 digits in all.
 E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 # Separators people type inside phone numbers; removed before E.164 validation.
 _PHONE_SEPARATORS_RE = re.compile(r"[\s().\-]")
 
@@ -53,20 +58,35 @@ def _clean_message(value: str) -> str:
     return cleaned
 
 
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+def _metadata_problem(value: dict[str, Any]) -> str | None:
+    """What makes ``value`` unstorable or unreadable, if anything. Iterative, so no nesting
+    can exhaust the stack; the limits are those of the wire (``schema.wire``)."""
+    stack: list[tuple[Any, int]] = [(value, 2)]  # metadata sits at depth 2 in the event
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return f"must not nest more than {MAX_JSON_DEPTH - 1} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters (\\u0000)"  # jsonb cannot store it
+            if _SURROGATE_RE.search(item):
+                return "must be valid Unicode text (no unpaired surrogates)"
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "must not contain NaN or Infinity (not JSON numbers)"
+        elif isinstance(item, int) and abs(item) >= 10**MAX_INTEGER_DIGITS:
+            return f"must not contain integers of more than {MAX_INTEGER_DIGITS} digits"
+    return None
 
 
 def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
-    if _contains_nul(value):
-        # Postgres jsonb cannot store U+0000.
-        raise ValueError("must not contain NUL characters (\\u0000)")
+    problem = _metadata_problem(value)
+    if problem:
+        raise ValueError(problem)
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"must be at most {METADATA_MAX_BYTES} bytes as JSON, got {size}")
@@ -74,7 +94,11 @@ def _check_metadata_size(value: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize_phone(value: str) -> str:
-    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise."""
+    """Return ``value`` as E.164, accepting common separators; raise ValueError otherwise.
+
+    Checks the shape only (the caller id, which the provider validates itself); members'
+    numbers are also checked against their country's numbering plan (``valid_phone``).
+    """
     candidate = _PHONE_SEPARATORS_RE.sub("", value.strip())
     if candidate.startswith("00"):
         candidate = "+" + candidate[2:]
@@ -83,12 +107,38 @@ def normalize_phone(value: str) -> str:
     return candidate
 
 
+def valid_phone(value: str) -> str:
+    """``value`` as E.164 when it is a number its country could dial (``+12`` or
+    ``+1415555`` have the shape but not the digits: they would only fail at the provider,
+    at 3 a.m.). Uses libphonenumber's numbering plans (the ``phonenumbers`` package)."""
+    candidate = normalize_phone(value)
+    try:
+        number = phonenumbers.parse(candidate, None)
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or not phonenumbers.is_valid_number(number):
+        raise ValueError("must be a valid phone number for its country, in E.164 format "
+                         "like +14155550100 (check the country code and the digits)")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    """The JSON Schema of an optional field that refuses null: absent is its default, so the
+    schema shows only its string variant and no ``null`` default."""
+    variants = schema.pop("anyOf", [])
+    schema.update(next((v for v in variants if v.get("type") != "null"), {}))
+    schema.pop("default", None)
+
+
+IDENTIFIER_MAX_LENGTH = 200
 # No control characters in names: they end up in Redis keys, SQL text columns (Postgres
 # refuses NUL outright) and log lines.
+IDENTIFIER_PATTERN = r"^[^\x00-\x1F\x7F]+$"
 Identifier = Annotated[
     str,
     StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1F\x7F]+$"
+        strip_whitespace=True, min_length=1, max_length=IDENTIFIER_MAX_LENGTH,
+        pattern=IDENTIFIER_PATTERN,
     ),
 ]
 Message = Annotated[
@@ -97,7 +147,7 @@ Message = Annotated[
     AfterValidator(_clean_message),
 ]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata_size)]
-Phone = Annotated[str, AfterValidator(normalize_phone)]
+Phone = Annotated[str, AfterValidator(valid_phone)]
 
 
 class AlertEvent(BaseModel):
@@ -111,6 +161,13 @@ class AlertEvent(BaseModel):
             "if": {"properties": {"action": {"const": "trigger"}}},
             "then": {"required": ["group", "message"]},
             "else": {},
+            # who acknowledged belongs to an acknowledgement only (_check_acknowledged_by)
+            "dependentSchemas": {
+                "acknowledged_by": {
+                    "properties": {"action": {"const": "ack"}},
+                    "required": ["action"],
+                }
+            },
         },
     )
 
@@ -132,8 +189,10 @@ class AlertEvent(BaseModel):
         le=DEDUP_WINDOW_MAX_S,
         description="Seconds during which the same alert_id rings nobody again; 0 = no dedup.",
     )
-    action: Literal["trigger", "resolve"] = Field(
-        default="trigger", description="resolve cancels calls not yet answered."
+    action: Literal["trigger", "resolve", "ack"] = Field(
+        default="trigger",
+        description="resolve cancels calls not yet answered; ack says someone is on it and "
+        "stops the calling.",
     )
     mode: Literal["parallel", "sequential"] = Field(
         default="parallel",
@@ -144,6 +203,13 @@ class AlertEvent(BaseModel):
     )
     event_id: Identifier | None = Field(
         default=None, description="Idempotency key of the event itself."
+    )
+    # Not nullable (an explicit null is refused by _reject_null, and the schema says string):
+    # null means "absent" only for group, message and event_id.
+    acknowledged_by: Identifier | None = Field(
+        default=None,
+        description="Who acknowledged (only with action ack).",
+        json_schema_extra=_never_null,
     )
 
     @field_validator("dedup_window_s", mode="before")
@@ -156,6 +222,22 @@ class AlertEvent(BaseModel):
         ):
             raise ValueError("must be a whole number of seconds")
         return value
+
+    @field_validator("acknowledged_by", mode="before")
+    @classmethod
+    def _reject_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must be a string (leave the field out instead of null)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_acknowledged_by(self) -> AlertEvent:
+        if self.acknowledged_by is not None and self.action != "ack":
+            raise PydanticCustomError(
+                "extra_forbidden", "{field}: allowed only with action ack",
+                {"field": "acknowledged_by"},
+            )
+        return self
 
     @model_validator(mode="after")
     def _require_trigger_fields(self) -> AlertEvent:
@@ -178,7 +260,11 @@ class AlertEvent(BaseModel):
 
 
 class Member(BaseModel):
-    """One member of an alert group, in ring order."""
+    """One member of an alert group, in ring order (a whole group: ``schema.group``).
+
+    Rows read back from the database are built without validation (``model_construct``):
+    a stored member stays callable when libphonenumber's plans change.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -194,6 +280,8 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
         field = ".".join(str(part) for part in error.get("loc", ()))
         if error["type"] == "string_pattern_mismatch":
             reason = "must not contain control characters"
+        elif error["type"] == "string_unicode":  # an unpaired surrogate, e.g. "\ud800"
+            reason = "must be valid Unicode text"
         else:
             reason = str(error["msg"]).removeprefix("Value error, ")
         if not field and ": " in reason:  # a model-level check that names its field itself

@@ -128,6 +128,23 @@ def env(database_url: str, redis_url: str, prefix: str, fake_twilio: FakeTwilio)
 
 
 @pytest.fixture
+def cli_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "VOICEALERT_REDIS_PREFIX": prefix,
+        "VOICEALERT_PROVIDER": "simulated",
+    }
+
+
+@pytest.fixture
+def no_db_env(redis_url: str, prefix: str) -> dict[str, str]:
+    """For commands that must fail before touching Postgres (no per-test database needed)."""
+    return {"REDIS_URL": redis_url, "VOICEALERT_REDIS_PREFIX": prefix,
+            "VOICEALERT_PROVIDER": "simulated"}
+
+
+@pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)
 

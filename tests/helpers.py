@@ -10,6 +10,7 @@ fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -70,33 +71,6 @@ async def admin_sql(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
-
-
-@dataclass(frozen=True)
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_line(self) -> str:
-        """The one stderr line a failing command must print (fails the test otherwise)."""
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
-        assert "Traceback" not in self.stderr
-        return lines[0]
-
-
-async def run_cli(env: Mapping[str, str], *args: str, stdin: bytes | None = None) -> CliResult:
-    """``voicealert ARGS`` as a real process with ``env`` on top of this one's environment."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return CliResult(proc.returncode, out.decode(), err.decode())
 
 
 class InProcessWorker:
@@ -254,3 +228,63 @@ async def stream_entries(
     """Every entry of the events stream, as a decoding client returns them."""
     result: list[tuple[str, dict[str, str]]] = await client.xrange(Keys(prefix).events)
     return result
+
+
+# --- the command line, run as the real process operators run ---------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        """The one stderr line a failing command must print (fails the test otherwise)."""
+        lines = self.stderr.strip().splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
+        assert "Traceback" not in self.stderr
+        return lines[0]
+
+
+async def run_cli(env: dict[str, str], *args: str | bytes) -> Result:
+    """Run ``voicealert ARGS`` (bytes arguments reach it as the OS passes them: invalid
+    UTF-8 included)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
+        # No terminal: a command that would ask for confirmation refuses instead of waiting.
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def make_token(database_url: str, tenant: str = "default", name: str | None = None,
+                     scope: str = "fire") -> str:
+    """A live API token of ``tenant`` (as ``voicealert tokens create`` makes one)."""
+    from worker import tokens
+    from worker.models import TokenScope
+
+    made = tokens.new_token()
+    conn = await db.connect(database_url)
+    try:
+        row = await db.insert_token(conn, tenant, name or f"token-{made.key_id}",
+                                    TokenScope(scope), made.key_id, made.digest)
+    finally:
+        await conn.close()
+    assert row is not None
+    return made.token
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """A process's JSON log lines as objects (lines that are not JSON objects are skipped)."""
+    out = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                out.append(record)
+    return out

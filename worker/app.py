@@ -11,6 +11,8 @@ arq defaults changed here, and why (the settings: docs/contracts.md#worker-tunin
   (``voicealert worker --check``) sees a SIGKILLed replica gone within one interval.
 - ``keep_result`` 0: job ids are call ids and must be reusable (DLQ replay, escalation).
 - JSON job serializer: no pickle on anything that passes through Redis.
+- ``after_job_end``: a job arq would drop (timed out, failed) is put back, and follow-up
+  jobs run again as fresh jobs rather than arq retries (``worker.jobs``).
 - Our own signal handling: first SIGTERM/SIGINT drains, a second one exits at once, and a
   crashed stream consumer stops the whole process with a non-zero status.
 """
@@ -22,7 +24,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Any, cast
 
@@ -37,10 +39,11 @@ from worker.config import Settings, redact_url
 from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
+from worker.jobs import JobFunction, after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
-from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.outages import REDIS_UNAVAILABLE
 from worker.outcomes import cancel_call, poll_call
 from worker.providers import CallProvider
 from worker.queue import (
@@ -52,7 +55,6 @@ from worker.queue import (
     parse_job_id,
 )
 from worker.ratelimit import RateLimiter
-from worker.retries import backoff_s
 from worker.services import Services
 from worker.simulated import SimulatedProvider
 from worker.twilio_provider import TwilioProvider
@@ -62,27 +64,6 @@ log = get_logger(__name__)
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
 IN_PROGRESS_MARGIN_S = 5.0
-
-JobFunction = Callable[[dict[str, Any], int], Coroutine[Any, Any, str]]
-
-
-def survive_database_outage(job: JobFunction) -> WorkerCoroutine:
-    """Postgres unreachable is not a job failure: retry later, with backoff and jitter.
-
-    Every job is idempotent, so running it again after the database returns is safe.
-    """
-
-    @wraps(job)
-    async def wrapper(ctx: dict[Any, Any], call_id: int, *_: Any, **__: Any) -> str:
-        try:
-            return await job(ctx, call_id)
-        except DATABASE_UNAVAILABLE as exc:
-            delay = backoff_s(int(ctx.get("job_try", 1)), base_s=0.5, cap_s=10.0)
-            log.warning("job.database_unavailable", job=job.__name__, call=call_id,
-                        error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
-            raise Retry(defer=delay) from exc
-
-    return cast(WorkerCoroutine, wrapper)
 
 
 def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
@@ -110,8 +91,7 @@ def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
 
 
 def _job(function: JobFunction, name: str) -> Any:
-    return func(measured(name, survive_database_outage(function)), name=name,
-                max_tries=_MAX_JOB_TRIES)
+    return func(measured(name, call_job(name, function)), name=name, max_tries=_MAX_JOB_TRIES)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -206,6 +186,7 @@ class WorkerProcess:
                 _job(poll_call, POLL_CALL),
                 _job(cancel_call, CANCEL_CALL),
             ],
+            after_job_end=after_job_end,
             queue_name=self.keys.queue,
             redis_settings=redis_settings(settings),
             on_startup=self._startup,

@@ -19,8 +19,8 @@ from worker import db, metrics
 from worker.dead_letters import call_letter
 from worker.logs import bind_job, get_logger
 from worker.models import (
+    CALLING_STOPPED_ALERT_STATUSES,
     LIVE_PROVIDER_STATUSES,
-    TERMINAL_ALERT_STATUSES,
     TERMINAL_CALL_STATUSES,
     CallJob,
     CallStatus,
@@ -60,12 +60,12 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     if call.status in LIVE_PROVIDER_STATUSES or call.provider_sid is not None:
         await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
         return "already-placed"
-    if call.alert_status in TERMINAL_ALERT_STATUSES:
+    if call.alert_status in CALLING_STOPPED_ALERT_STATUSES:
         if await db.advance_call(s.db, call.id, CallUpdate(
                 status=CallStatus.CANCELED, source=StatusSource.CANCEL,
-                error_message="alert resolved before the call was placed")):
+                error_message=f"alert {call.alert_status} before the call was placed")):
             metrics.call_ended(CallStatus.CANCELED)
-        bound.info("call.canceled", reason="alert resolved")
+        bound.info("call.canceled", reason=f"alert {call.alert_status}")
         return "canceled"
     now = datetime.now(UTC)
     if now - call.received_at > timedelta(seconds=s.settings.max_call_age_s):

@@ -19,7 +19,7 @@ import click
 from worker.cli_alerts import alerts
 from worker.cli_calls import calls
 from worker.cli_dlq import dlq
-from worker.cli_events import fire, resolve
+from worker.cli_events import ack, fire, resolve
 from worker.cli_groups import groups
 from worker.cli_status import status
 from worker.cli_support import (
@@ -30,6 +30,7 @@ from worker.cli_support import (
     run_async,
     with_environment,
 )
+from worker.cli_tokens import tokens_group
 from worker.config import ConfigError, Settings, redact_url
 from worker.logs import configure_logging
 
@@ -43,7 +44,7 @@ def cli() -> None:
     """voicealert: rings people when something breaks."""
 
 
-for command in (groups, fire, resolve, calls, dlq, status, alerts):
+for command in (groups, fire, resolve, ack, calls, dlq, tokens_group, status, alerts):
     cli.add_command(command)
 
 

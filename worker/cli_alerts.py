@@ -25,8 +25,11 @@ from worker.cli_support import (
     with_environment,
 )
 from worker.logs import mask_phone_numbers
-from worker.models import AlertStatus, CallRow
-from worker.timeline import AlertHistory, Step, alert_history
+from worker.models import AlertCall, AlertRow, AlertStatus
+from worker.timeline import AlertHistory, Step, alert_history, alert_json
+
+#: ``alerts show --all`` shows at most this many alert rows of one alert id, the newest.
+SHOW_MAX = 100
 
 
 @click.group()
@@ -46,10 +49,15 @@ def alerts() -> None:
 async def alerts_list(status: str | None, since: datetime | None, tenant: str | None, limit: int,
                       as_json: bool) -> None:
     """The newest alerts (oldest first): when, status, calls answered, duplicates."""
-    rows = await with_db(lambda c: db.list_alerts(c, tenant=tenant, status=status, since=since,
-                                                  limit=limit))
+    async def load(conn: db.Connection) -> tuple[list[AlertRow], dict[int, tuple[int, int]]]:
+        newest = await db.list_alerts(conn, tenant, status=AlertStatus(status) if status else None,
+                                      since=since, limit=limit)
+        return newest[::-1], await db.alert_call_counts(conn, [r.id for r in newest])
+
+    rows, counts = await with_db(load)
     if as_json:
-        print_json([r.to_json() for r in rows])
+        print_json([alert_json(r, call_count=counts.get(r.id, (0, 0))[0],
+                               answered_count=counts.get(r.id, (0, 0))[1]) for r in rows])
         return
     if not rows:
         click.echo("no alerts")
@@ -57,9 +65,10 @@ async def alerts_list(status: str | None, since: datetime | None, tenant: str | 
     click.echo(f"{'alert':>6}  {'received (UTC)':<19}  {'tenant':<10} {'alert_id':<24} "
                f"{'status':<13} {'group':<16} {'answered':>8} {'dups':>5}")
     for r in rows:
+        total, answered = counts.get(r.id, (0, 0))
         click.echo(f"{r.id:>6}  {r.received_at:%Y-%m-%d %H:%M:%S}  {r.tenant[:10]:<10} "
                    f"{r.alert_id[:24]:<24} {r.status:<13} {r.group_name[:16]:<16} "
-                   f"{f'{r.answered_count}/{r.call_count}':>8} {r.duplicates:>5}")
+                   f"{f'{answered}/{total}':>8} {r.duplicates:>5}")
 
 
 @with_environment(DATABASE)
@@ -75,11 +84,11 @@ async def alerts_show(alert_id: str, tenant: str, show_all: bool, as_json: bool)
     changes with their time and source, errors, acknowledgement, resolve."""
 
     async def load(conn: db.Connection) -> tuple[list[AlertHistory], int]:
-        rows = await db.find_alerts(conn, tenant, alert_id)
-        if not rows:
+        newest = await db.alerts_with_calls(conn, tenant, alert_id, limit=SHOW_MAX)
+        if not newest:
             raise BadInput(f"no alert {alert_id!r} in tenant {tenant!r}")
-        chosen = rows if show_all else rows[-1:]
-        return [await alert_history(conn, row) for row in chosen], len(rows) - len(chosen)
+        chosen = newest[::-1] if show_all else newest[:1]
+        return [await alert_history(conn, row) for row in chosen], len(newest) - len(chosen)
 
     histories, earlier = await with_db(load)
     if as_json:
@@ -99,27 +108,34 @@ def render_history(history: AlertHistory) -> list[str]:
     alert = history.alert
     lines = [
         f"alert {alert.alert_id} (tenant {alert.tenant}, #{alert.id}): {alert.status}",
-        f"  group {alert.group_name}, {alert.mode}, dedup window {alert.dedup_window_s}s"
+        f"  group {alert.group_name}, {alert.mode}"
         + (f", event id {alert.event_id}" if alert.event_id else ""),
         f"  message: {mask_phone_numbers(alert.message)}",
     ]
-    if history.calls:
+    if alert.acknowledged_at is not None:
+        lines.append(f"  acknowledged by {alert.acknowledged_by or 'someone'}")
+    if alert.rounds > 1:
+        lines.append(f"  round {alert.round} of {alert.rounds}"
+                     + (f", next at {alert.next_round_at:%H:%M:%S}" if alert.next_round_at else ""))
+    if alert.calls:
         lines += ["", "calls:"]
-        lines += [_call_line(c) for c in history.calls]
+        lines += [_call_line(c, alert.rounds > 1) for c in alert.calls]
     lines += ["", "timeline (UTC):"]
     day = alert.received_at.date()
     lines += [_step_line(step, day) for step in history.steps]
     return lines
 
 
-def _call_line(call: CallRow) -> str:
+def _call_line(call: AlertCall, rounds: bool) -> str:
     error = f"  {call.error_code or ''} {call.error_message or ''}".rstrip()
     talk = f", talked {call.duration_s}s" if call.duration_s is not None else ""
     answered_by = f", answered by {call.answered_by}" if call.answered_by else ""
+    acknowledged = ", acknowledged" if call.acknowledged_at is not None else ""
     tries = f"{call.attempts} attempt{'s' * (call.attempts != 1)}"
+    where = f"round {call.round}, " if rounds else ""
     return mask_phone_numbers(
-        f"  {call.id:>6}  {call.position + 1}. {call.member_name} {call.phone}  {call.status}"
-        f" ({tries}{talk}{answered_by}){error}")
+        f"  {call.id:>6}  {where}{call.position + 1}. {call.member_name} {call.phone}  "
+        f"{call.status} ({tries}{talk}{answered_by}{acknowledged}){error}")
 
 
 def _step_line(step: Step, day: object) -> str:
@@ -149,7 +165,8 @@ def _describe(step: Step) -> str:
         return (f"dead letter {fields['letter']} ({fields['source_of_letter']}{about}): "
                 f"{fields['reason']}: {(step.detail or '')[:120]}")
     if step.kind == "acknowledged":
-        return "acknowledged" + (f" by {step.detail}" if step.detail else "")
+        return ("acknowledged" + (f" by {step.detail}" if step.detail else "")
+                + (f" (on call {step.call})" if step.call else ""))
     if step.kind == "resolved":
         return "resolved"
     return step.kind

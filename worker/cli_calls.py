@@ -18,7 +18,7 @@ from worker.cli_support import (
     with_environment,
 )
 from worker.logs import mask_phone_numbers
-from worker.models import CallStatus
+from worker.models import CallRow, CallStatus
 
 
 @with_environment(DATABASE)
@@ -43,12 +43,23 @@ async def calls(alert_id: str | None, status: str | None, since: datetime | None
     if not rows:
         click.echo("no calls")
         return
-    header = f"{'call':>6}  {'created (UTC)':<19}  {'alert_id':<20} {'member':<14} " \
-             f"{'phone':<16} {'status':<12} {'tries':>5} {'dur':>4}  error"
+    header = f"{'call':>6}  {'created (UTC)':<19}  {'alert_id':<20} {'rnd':>3} " \
+             f"{'member':<14} {'phone':<16} {'status':<12} {'tries':>5} {'dur':>4}  " \
+             f"{'answered_by':<12} {'ack':<14} error"
     click.echo(header)
     for r in rows:
         error = f"{r.error_code or ''} {r.error_message or ''}".strip()
+        if r.merged_into is not None:
+            error = f"merged into call {r.merged_into}; {error}".rstrip("; ")
         click.echo(mask_phone_numbers(
-            f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.alert_id[:20]:<20} "
+            f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.alert_id[:20]:<20} {r.round:>3} "
             f"{r.member_name[:14]:<14} {r.phone:<16} {r.status:<12} {r.attempts:>5} "
-            f"{r.duration_s if r.duration_s is not None else '-':>4}  {error}"))
+            f"{r.duration_s if r.duration_s is not None else '-':>4}  "
+            f"{(r.answered_by or '-')[:12]:<12} {_acknowledged(r)[:14]:<14} {error}"))
+
+
+def _acknowledged(row: CallRow) -> str:
+    """Who pressed 1 on this call (the member), or '-'."""
+    if row.acknowledged_at is None:
+        return "-"
+    return row.acknowledged_by or "yes"

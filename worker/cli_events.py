@@ -1,8 +1,10 @@
-"""``voicealert fire`` and ``resolve``: events onto the stream, as a producer writes them.
+"""``voicealert fire``, ``resolve`` and ``ack``: events onto the stream, as a producer writes
+them.
 
 ``fire`` checks first what would make the event ring nobody, and then refuses it (exit 1,
 nothing written) unless ``--no-check``: no such group (or no members) in the tenant, or no
-worker replica alive to read it. ``resolve`` is never refused: ending an incident must work.
+worker replica alive to read it. ``resolve`` and ``ack`` are never refused: ending an incident
+must work.
 """
 
 from __future__ import annotations
@@ -115,3 +117,14 @@ async def fire(group: str, alert_id: str, message: str, tenant: str, dedup_windo
 async def resolve(alert_id: str, tenant: str) -> None:
     """Resolve an alert: calls not yet answered are canceled."""
     click.echo(await _produce("resolve", alert_id=alert_id, tenant=tenant))
+
+
+@with_environment(*REDIS)
+@click.command()
+@click.option("--alert-id", required=True)
+@tenant_option
+@click.option("--by", "by", default=None, help="Who is on it (recorded on the alert).")
+@run_async
+async def ack(alert_id: str, tenant: str, by: str | None) -> None:
+    """Acknowledge an alert: someone is on it; calling stops (as pressing 1 on a call)."""
+    click.echo(await _produce("ack", alert_id=alert_id, tenant=tenant, acknowledged_by=by))

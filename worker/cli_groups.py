@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import pydantic
 
-from schema import Member, describe_errors
+from schema import GroupKey, GroupSpec, TenantScope, describe_errors, group_spec
 from worker import db
 from worker.cli_support import (
     DATABASE,
@@ -28,18 +28,60 @@ def groups() -> None:
     """Alert groups: who is rung, in which order."""
 
 
-def _parse_members(values: tuple[str, ...]) -> list[Member]:
+def _member_fields(values: tuple[str, ...]) -> list[dict[str, str]]:
     members = []
     for value in values:
         name, sep, phone = value.partition("=")
-        if not sep or not name.strip():
-            raise BadInput(f"--member {value!r}: expected NAME=PHONE, like 'Alice=+14155550100'")
-        try:
-            members.append(Member(name=name, phone=phone))
-        except pydantic.ValidationError as exc:
-            reason = describe_errors(exc)[0][1]
-            raise BadInput(f"member {name.strip()!r}: phone {reason}") from None
+        if not sep:
+            raise BadInput(f"--member {_shown(value)}: expected NAME=PHONE, "
+                           "like 'Alice=+14155550100'")
+        members.append({"name": name, "phone": phone})
     return members
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """An argument quoted in an error line: short, and without what would break the line."""
+    printable = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return repr(printable if len(printable) <= limit else printable[:limit] + "…")
+
+
+def _problem_line(field: str, reason: str, members: list[dict[str, str]]) -> str:
+    """One validation problem of ``groups set``, naming the member by what was typed."""
+    where, _, rest = field.partition(".")
+    if where == "members" and rest:
+        index_text, _, attribute = rest.partition(".")
+        index = int(index_text)
+        typed = members[index]["name"].strip()
+        label = _shown(typed) if 0 < len(typed) <= 40 and typed.isprintable() else f"#{index + 1}"
+        separator = " " if reason[:1].islower() else ": "
+        return f"member {label}: {attribute}{separator}{reason}"
+    what = {"name": "group name", "members": "members"}.get(field, field)
+    return f"{what}: {reason}"
+
+
+def _spec(name: str, tenant: str, members: list[dict[str, str]]) -> GroupSpec:
+    """The group as typed, validated whole before any SQL (exit 2 with every problem)."""
+    try:
+        return group_spec(tenant, name, members)
+    except pydantic.ValidationError as exc:
+        problems = [_problem_line(f, r, members) for f, r in describe_errors(exc)]
+        raise BadInput("; ".join(problems)) from None
+
+
+def _key(name: str, tenant: str) -> GroupKey:
+    try:
+        return GroupKey(tenant=tenant, name=name)
+    except pydantic.ValidationError as exc:
+        raise BadInput("; ".join(_problem_line(f, r, []) for f, r in describe_errors(exc))) \
+            from None
+
+
+def _tenant(tenant: str) -> str:
+    try:
+        return TenantScope(tenant=tenant).tenant
+    except pydantic.ValidationError as exc:
+        raise BadInput("; ".join(_problem_line(f, r, []) for f, r in describe_errors(exc))) \
+            from None
 
 
 def _group_lines(group: Group) -> list[str]:
@@ -59,10 +101,9 @@ def _group_lines(group: Group) -> list[str]:
 @run_async
 async def groups_set(name: str, members: tuple[str, ...], tenant: str, as_json: bool) -> None:
     """Create or replace group NAME with the given members, in order."""
-    parsed = _parse_members(members)
-    if not name.strip():
-        raise BadInput("group name must not be blank")
-    group = await with_db(lambda conn: db.upsert_group(conn, tenant, name.strip(), parsed))
+    spec = _spec(name, tenant, _member_fields(members))
+    group = await with_db(lambda conn: db.upsert_group(conn, spec.tenant, spec.name,
+                                                       spec.members))
     if as_json:
         print_json(group.to_json())
     else:
@@ -76,6 +117,7 @@ async def groups_set(name: str, members: tuple[str, ...], tenant: str, as_json: 
 @run_async
 async def groups_list(tenant: str, as_json: bool) -> None:
     """List the tenant's groups."""
+    tenant = _tenant(tenant)
     found = await with_db(lambda conn: db.list_groups(conn, tenant))
     if as_json:
         print_json([g.to_json() for g in found])
@@ -94,9 +136,10 @@ async def groups_list(tenant: str, as_json: bool) -> None:
 @run_async
 async def groups_show(name: str, tenant: str, as_json: bool) -> None:
     """Show one group's members (phones masked unless --json)."""
-    group = await with_db(lambda conn: db.get_group(conn, tenant, name))
+    key = _key(name, tenant)
+    group = await with_db(lambda conn: db.get_group(conn, key.tenant, key.name))
     if group is None:
-        raise BadInput(f"no group {name!r} in tenant {tenant!r}")
+        raise BadInput(f"no group {key.name!r} in tenant {key.tenant!r}")
     if as_json:
         print_json(group.to_json())
     else:
@@ -111,12 +154,13 @@ async def groups_show(name: str, tenant: str, as_json: bool) -> None:
 @run_async
 async def groups_delete(name: str, tenant: str, yes: bool) -> None:
     """Delete a group (asks first; alerts already raised keep their calls)."""
-    group = await with_db(lambda conn: db.get_group(conn, tenant, name))
+    key = _key(name, tenant)
+    group = await with_db(lambda conn: db.get_group(conn, key.tenant, key.name))
     if group is None:
-        raise BadInput(f"no group {name!r} in tenant {tenant!r}")
-    confirm(f"delete group {name} (tenant {tenant}, {len(group.members)} members; alerts "
-            "naming it will ring nobody)", yes)
-    deleted = await with_db(lambda conn: db.delete_group(conn, tenant, name))
+        raise BadInput(f"no group {key.name!r} in tenant {key.tenant!r}")
+    confirm(f"delete group {key.name} (tenant {key.tenant}, {len(group.members)} members; "
+            "alerts naming it will ring nobody)", yes)
+    deleted = await with_db(lambda conn: db.delete_group(conn, key.tenant, key.name))
     if not deleted:
-        raise BadInput(f"no group {name!r} in tenant {tenant!r}")
-    click.echo(f"deleted {name} (tenant {tenant})")
+        raise BadInput(f"no group {key.name!r} in tenant {key.tenant!r}")
+    click.echo(f"deleted {key.name} (tenant {key.tenant})")

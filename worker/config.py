@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         default="voicealert:", min_length=1, validation_alias=_env("VOICEALERT_REDIS_PREFIX")
     )
 
+    # --- docs/contracts.md#api-rate-limit: requests per token (GCRA, kept in Redis) ------
+    api_rate_per_s: float = Field(default=20.0, gt=0, le=100_000)
+    api_rate_burst: int = Field(default=100, ge=1, le=100_000)
+
     # --- docs/contracts.md#worker-tuning (why arq is tuned: worker/app.py) ----------------
     consumer_name: str = Field(default_factory=_default_consumer_name, min_length=1)
     ingest_batch: int = Field(default=100, ge=1, le=1000)

@@ -12,22 +12,25 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
 
 from schema import Member
 from worker.models import (
+    ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
+    CALLING_STOPPED_ALERT_STATUSES,
     OPEN_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
-    TERMINAL_ALERT_STATUSES,
+    AlertCall,
     AlertCallEvent,
     AlertProgress,
     AlertRow,
     AlertStatus,
+    ApiToken,
     CallEvent,
     CallJob,
     CallRef,
@@ -44,6 +47,7 @@ from worker.models import (
     NewDeadLetter,
     StatusSource,
     StoredAlert,
+    TokenScope,
 )
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -78,7 +82,9 @@ def _group(row: asyncpg.Record) -> Group:
     return Group(
         tenant=row["tenant"],
         name=row["name"],
-        members=[Member.model_validate(m) for m in row["members"]],
+        # Stored members were validated when written; not again on the way out (a number
+        # libphonenumber's newer plans dislike must not stop its group from ringing).
+        members=[Member.model_construct(name=m["name"], phone=m["phone"]) for m in row["members"]],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
@@ -199,7 +205,7 @@ async def create_alert(
                     INSERT INTO calls (alert, position, member_name, phone)
                     SELECT $1, m.position, m.name, m.phone
                     FROM unnest($2::int[], $3::text[], $4::text[]) AS m(position, name, phone)
-                    ON CONFLICT (alert, position) DO NOTHING
+                    ON CONFLICT (alert, round, position) DO NOTHING
                     RETURNING id, status
                 )
                 INSERT INTO call_events (call, status, source)
@@ -254,6 +260,74 @@ async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> No
     )
 
 
+# How each way of stopping an alert marks it (constant SQL, chosen by the caller's verb).
+_STOP_SET = {
+    AlertStatus.RESOLVED: "resolved_at = now()",
+    AlertStatus.ACKNOWLEDGED: "acknowledged_at = now(), acknowledged_by = $11",
+}
+
+
+async def _stop_alerts(
+    db: Executor,
+    *,
+    status: AlertStatus,
+    applies_to: frozenset[AlertStatus],
+    tenant: str | None = None,
+    alert_id: str | None = None,
+    alert_pks: Sequence[int] = (),
+    by: str | None = None,
+    reason: str,
+    source: StatusSource,
+) -> list[LiveCall]:
+    """Mark alerts ``status`` (chosen by tenant and alert_id, or by row ids), drop a round
+    waiting for its delay, and cancel their calls not yet dialed.
+
+    Returns the calls already at the provider and not answered, for the caller to cancel
+    there."""
+    # Who acknowledged is a parameter of the acknowledgement only (Postgres refuses a
+    # parameter a statement does not use: its type cannot be inferred).
+    by_parameter = [by] if status == AlertStatus.ACKNOWLEDGED else []
+    rows = await db.fetch(
+        f"""
+        WITH stopped AS (
+            UPDATE alerts SET status = $3, {_STOP_SET[status]}, next_round_at = NULL,
+                              updated_at = now()
+            WHERE ((tenant = $1 AND alert_id = $2) OR id = ANY($9::bigint[]))
+              AND status = ANY($4::text[])
+            RETURNING id
+        ), canceled AS (
+            UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
+                             error_message = $8
+            WHERE alert IN (SELECT id FROM stopped) AND status = $6
+            RETURNING id, status
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $7, $8 FROM canceled ORDER BY id
+        )
+        SELECT c.id, c.provider_sid, c.status FROM calls c
+        WHERE c.alert IN (SELECT id FROM stopped)
+          AND c.status = ANY($10::text[])
+          AND c.id NOT IN (SELECT id FROM canceled)
+        ORDER BY c.id
+        """,  # noqa: S608 - the interpolated part is one of the constants of _STOP_SET
+        tenant,
+        alert_id,
+        status,
+        list(applies_to),
+        CallStatus.CANCELED,
+        CallStatus.PENDING,
+        source,
+        reason,
+        list(alert_pks),
+        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
+        *by_parameter,
+    )
+    return [
+        LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
+        for r in rows
+    ]
+
+
 async def resolve_alert(
     db: Executor, tenant: str, alert_id: str, source: StatusSource
 ) -> list[LiveCall]:
@@ -261,40 +335,24 @@ async def resolve_alert(
 
     Returns the calls already at the provider and not answered, for the caller to cancel there.
     """
-    rows = await db.fetch(
-        """
-        WITH resolved AS (
-            UPDATE alerts SET status = $3, resolved_at = now(), updated_at = now()
-            WHERE tenant = $1 AND alert_id = $2 AND status = ANY($4::text[])
-            RETURNING id
-        ), canceled AS (
-            UPDATE calls SET status = $5, updated_at = now(), ended_at = now(),
-                             error_message = $9
-            WHERE alert IN (SELECT id FROM resolved) AND status = $6
-            RETURNING id, status
-        ), recorded AS (
-            INSERT INTO call_events (call, status, source, detail)
-            SELECT id, status, $8, $9 FROM canceled ORDER BY id
-        )
-        SELECT c.id, c.provider_sid, c.status FROM calls c
-        WHERE c.alert IN (SELECT id FROM resolved)
-          AND c.status = ANY($7::text[])
-          AND c.id NOT IN (SELECT id FROM canceled)
-        """,
-        tenant,
-        alert_id,
-        AlertStatus.RESOLVED,
-        list(RESOLVABLE_ALERT_STATUSES),
-        CallStatus.CANCELED,
-        CallStatus.PENDING,
-        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
-        source,
-        "alert resolved before the call was placed",
+    return await _stop_alerts(
+        db, status=AlertStatus.RESOLVED, applies_to=RESOLVABLE_ALERT_STATUSES,
+        tenant=tenant, alert_id=alert_id, reason="alert resolved before the call was placed",
+        source=source,
     )
-    return [
-        LiveCall(id=r["id"], provider_sid=r["provider_sid"], status=CallStatus(r["status"]))
-        for r in rows
-    ]
+
+
+async def acknowledge_alert(
+    db: Executor, tenant: str, alert_id: str, by: str | None, source: StatusSource
+) -> list[LiveCall]:
+    """Someone is on it: the alert's rows still calling (or out of rounds) become
+    acknowledged, by whom and when; no further call or round. Returns the calls at the
+    provider and not answered, for the caller to hang up there."""
+    return await _stop_alerts(
+        db, status=AlertStatus.ACKNOWLEDGED, applies_to=ACKNOWLEDGEABLE_ALERT_STATUSES,
+        tenant=tenant, alert_id=alert_id, by=by,
+        reason="alert acknowledged before the call was placed", source=source,
+    )
 
 
 async def get_call(db: Executor, call_id: int) -> CallJob | None:
@@ -466,13 +524,14 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
 
 
 async def set_alert_status(db: Executor, alert_pk: int, status: AlertStatus) -> bool:
-    """Set the alert's status unless it is final (an operator's word is final)."""
+    """Set the alert's status unless calling it has stopped (resolved or acknowledged: only a
+    resolve moves an acknowledged alert on)."""
     result = await db.execute(
         "UPDATE alerts SET status = $2, updated_at = now()"
         " WHERE id = $1 AND status <> $2 AND NOT status = ANY($3::text[])",
         alert_pk,
         status,
-        list(TERMINAL_ALERT_STATUSES),
+        list(CALLING_STOPPED_ALERT_STATUSES),
     )
     return bool(result == "UPDATE 1")
 
@@ -515,7 +574,7 @@ async def list_calls(
         SELECT c.id, a.alert_id, a.tenant, c.position, c.member_name, c.phone, c.status,
                c.provider_sid, c.attempts, c.possible_duplicates, c.error_code,
                c.error_message, c.answered_by, c.duration_s, c.created_at, c.updated_at,
-               c.ended_at
+               c.ended_at, c.round, c.acknowledged_at, c.acknowledged_by, c.merged_into
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE ($1::text IS NULL OR a.tenant = $1)
           AND ($2::text IS NULL OR a.alert_id = $2)
@@ -654,7 +713,7 @@ async def add_replay_call(
         member_name,
         phone,
         AlertStatus.CALLING,
-        list(TERMINAL_ALERT_STATUSES),
+        list(CALLING_STOPPED_ALERT_STATUSES),
         source,
         detail,
     )
@@ -673,6 +732,142 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
                   source=StatusSource(r["source"]), detail=r["detail"], at=r["at"])
         for r in rows
     ]
+
+
+# --- alerts read back (the HTTP API, `voicealert alerts`) --------------------------------
+
+_ALERT_COLUMNS = (
+    "id, tenant, alert_id, group_name, message, mode, status, event_id, stream_id, duplicates,"
+    " last_duplicate_at, received_at, updated_at, resolved_at, acknowledged_at,"
+    " acknowledged_by, round, rounds, next_round_at"
+)
+
+
+def _alert_row(row: asyncpg.Record, calls: list[AlertCall]) -> AlertRow:
+    return AlertRow(**{**dict(row), "status": AlertStatus(row["status"]), "calls": calls})
+
+
+async def alerts_with_calls(
+    db: Executor, tenant: str, alert_id: str, *, limit: int
+) -> list[AlertRow]:
+    """The newest ``limit`` alert rows of ``alert_id`` in ``tenant``, each with its calls."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE tenant = $1 AND alert_id = $2
+        ORDER BY received_at DESC, id DESC
+        LIMIT $3
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        alert_id,
+        limit,
+    )
+    if not rows:
+        return []
+    calls = await db.fetch(
+        """
+        SELECT alert, id, round, position, member_name, phone, status, attempts, error_code,
+               error_message, answered_by, duration_s, created_at, updated_at, ended_at,
+               acknowledged_at, acknowledged_by
+        FROM calls WHERE alert = ANY($1::bigint[])
+        ORDER BY alert, round, position
+        """,
+        [r["id"] for r in rows],
+    )
+    by_alert: dict[int, list[AlertCall]] = {r["id"]: [] for r in rows}
+    for c in calls:
+        fields = {k: v for k, v in dict(c).items() if k != "alert"}
+        by_alert[c["alert"]].append(AlertCall(**{**fields, "status": CallStatus(c["status"])}))
+    return [_alert_row(r, by_alert[r["id"]]) for r in rows]
+
+
+async def list_alerts(
+    db: Executor,
+    tenant: str | None,
+    *,
+    status: AlertStatus | None = None,
+    since: datetime | None = None,
+    before_id: int | None = None,
+    limit: int = 50,
+) -> list[AlertRow]:
+    """A page of the tenant's alerts (every tenant's when None), newest first (by row id);
+    ``before_id`` is the cursor: the id of the last row of the previous page. Calls are not
+    read (``calls`` is empty)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_ALERT_COLUMNS} FROM alerts
+        WHERE ($1::text IS NULL OR tenant = $1)
+          AND ($2::text IS NULL OR status = $2)
+          AND ($3::timestamptz IS NULL OR received_at >= $3)
+          AND ($4::bigint IS NULL OR id < $4)
+        ORDER BY id DESC
+        LIMIT $5
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        status,
+        since,
+        before_id,
+        limit,
+    )
+    return [_alert_row(r, []) for r in rows]
+
+
+async def alert_call_counts(db: Executor, alert_pks: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Alert row id → (calls, calls answered), for ``alerts list``."""
+    rows = await db.fetch(
+        """
+        SELECT alert, count(*) AS calls,
+               count(*) FILTER (WHERE status = ANY($2::text[])) AS answered
+        FROM calls WHERE alert = ANY($1::bigint[]) GROUP BY alert
+        """,
+        list(alert_pks),
+        list(ANSWERED_CALL_STATUSES),
+    )
+    return {r["alert"]: (r["calls"], r["answered"]) for r in rows}
+
+
+async def duplicate_span(db: Executor, alert_pk: int) -> DuplicateSpan:
+    """The triggers this alert's dedup lock suppressed: how many, the first and the last."""
+    row = await db.fetchrow(
+        """
+        SELECT count(d.*) AS count, min(d.received_at) AS first, max(d.received_at) AS last
+        FROM alerts a JOIN duplicate_events d
+          ON d.tenant = a.tenant AND d.owner_key = a.event_key
+        WHERE a.id = $1
+        """,
+        alert_pk,
+    )
+    assert row is not None
+    return DuplicateSpan(count=row["count"], first=row["first"], last=row["last"])
+
+
+async def alert_call_events(db: Executor, alert_pk: int) -> list[AlertCallEvent]:
+    """Every status change of the alert's calls, in the order they happened."""
+    rows = await db.fetch(
+        """
+        SELECT e.id, e.call, c.round, c.position, c.member_name, c.phone, e.status, e.source,
+               e.detail, e.at
+        FROM call_events e JOIN calls c ON c.id = e.call
+        WHERE c.alert = $1
+        ORDER BY e.id
+        """,
+        alert_pk,
+    )
+    return [AlertCallEvent(**dict(r)) for r in rows]
+
+
+async def alert_dead_letters(db: Executor, alert_pk: int, stream_id: str) -> list[DeadLetter]:
+    """Letters about the alert: its calls', and its stream entry's (an unknown group)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters
+        WHERE call IN (SELECT id FROM calls WHERE alert = $1) OR letter_key = 'stream:' || $2
+        ORDER BY id
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        alert_pk,
+        stream_id,
+    )
+    return [DeadLetter(**dict(r)) for r in rows]
 
 
 # --- what `voicealert status` and the metrics read (worker/health.py) ---------------------
@@ -741,101 +936,94 @@ async def stuck_calls(db: Executor, older_than_s: float) -> int:
     return int(value)
 
 
-# --- alerts as operators read them (`voicealert alerts`) -----------------------------------
+# --- API tokens ---------------------------------------------------------------------------
 
-_ALERT_COLUMNS = frozenset(
-    f for f in AlertRow.__dataclass_fields__ if f not in ("extra",)
-)
+_TOKEN_COLUMNS = "id, tenant, name, scope, key_id, token_sha256, created_at, revoked_at"  # noqa: S105 - column names, no secret
 
 
-def _alert(row: asyncpg.Record) -> AlertRow:
-    values = dict(row)
-    extra = {k: v for k, v in values.items() if k not in _ALERT_COLUMNS}
-    return AlertRow(**{k: values[k] for k in _ALERT_COLUMNS}, extra=extra)
+def _token(row: asyncpg.Record) -> ApiToken:
+    fields = {k: v for k, v in dict(row).items() if k != "pg_notify"}
+    return ApiToken(**{**fields, "scope": TokenScope(row["scope"])})
 
 
-_ALERTS_WITH_COUNTS = """
-    SELECT a.*,
-           (SELECT count(*) FROM calls c WHERE c.alert = a.id) AS call_count,
-           (SELECT count(*) FROM calls c WHERE c.alert = a.id AND c.status = ANY($1::text[]))
-               AS answered_count
-    FROM alerts a
-"""
-
-
-async def list_alerts(
-    db: Executor,
-    *,
-    tenant: str | None = None,
-    status: str | None = None,
-    since: datetime | None = None,
-    limit: int = 1000,
-) -> list[AlertRow]:
-    """The newest ``limit`` alerts (oldest first), with their call counts."""
-    rows = await db.fetch(
-        _ALERTS_WITH_COUNTS
-        + """
-        WHERE ($2::text IS NULL OR a.tenant = $2)
-          AND ($3::text IS NULL OR a.status = $3)
-          AND ($4::timestamptz IS NULL OR a.received_at >= $4)
-        ORDER BY a.id DESC
-        LIMIT $5
-        """,
-        list(ANSWERED_CALL_STATUSES),
-        tenant,
-        status,
-        since,
-        limit,
-    )
-    return [_alert(r) for r in reversed(rows)]
-
-
-async def find_alerts(db: Executor, tenant: str, alert_id: str) -> list[AlertRow]:
-    """Every alert row of ``alert_id`` in ``tenant`` (one per trigger that rang), oldest first."""
-    rows = await db.fetch(
-        _ALERTS_WITH_COUNTS + " WHERE a.tenant = $2 AND a.alert_id = $3 ORDER BY a.id",
-        list(ANSWERED_CALL_STATUSES),
-        tenant,
-        alert_id,
-    )
-    return [_alert(r) for r in rows]
-
-
-async def duplicate_span(db: Executor, tenant: str, owner_key: str) -> DuplicateSpan:
+async def insert_token(
+    db: Executor, tenant: str, name: str, scope: TokenScope, key_id: str, token_sha256: bytes
+) -> ApiToken | None:
+    """A new live token, or None when the tenant already has a live token of that name."""
     row = await db.fetchrow(
-        "SELECT count(*) AS count, min(received_at) AS first, max(received_at) AS last"
-        " FROM duplicate_events WHERE tenant = $1 AND owner_key = $2",
-        tenant,
-        owner_key,
-    )
-    assert row is not None
-    return DuplicateSpan(count=row["count"], first=row["first"], last=row["last"])
-
-
-async def alert_call_events(db: Executor, alert_pk: int) -> list[AlertCallEvent]:
-    """Every status change of the alert's calls, in the order they happened."""
-    rows = await db.fetch(
-        """
-        SELECT e.id, e.call, c.position, c.member_name, c.phone, e.status, e.source,
-               e.detail, e.at
-        FROM call_events e JOIN calls c ON c.id = e.call
-        WHERE c.alert = $1
-        ORDER BY e.id
-        """,
-        alert_pk,
-    )
-    return [AlertCallEvent(**dict(r)) for r in rows]
-
-
-async def alert_dead_letters(db: Executor, alert_pk: int, stream_id: str) -> list[DeadLetter]:
-    """Letters about the alert: its calls', and its stream entry's (an unknown group)."""
-    rows = await db.fetch(
         f"""
-        SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters
-        WHERE call IN (SELECT id FROM calls WHERE alert = $1) OR letter_key = 'stream:' || $2
-        ORDER BY id
+        INSERT INTO api_tokens (tenant, name, scope, key_id, token_sha256)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT DO NOTHING
+        RETURNING {_TOKEN_COLUMNS}
         """,  # noqa: S608 - the interpolated part is a constant column list
-        alert_pk,
-        stream_id,
+        tenant,
+        name,
+        scope,
+        key_id,
+        token_sha256,
     )
-    return [DeadLetter(**dict(r)) for r in rows]
+    return _token(row) if row else None
+
+
+async def list_tokens(db: Executor, tenant: str | None = None) -> list[ApiToken]:
+    """Every token (revoked ones too), by tenant, then name, then age."""
+    rows = await db.fetch(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE ($1::text IS NULL OR tenant = $1)"  # noqa: S608
+        " ORDER BY tenant, name, id",
+        tenant,
+    )
+    return [_token(r) for r in rows]
+
+
+#: Revocations are announced on this channel (the payload is the key id), at commit.
+TOKENS_CHANNEL = "voicealert_token_revoked"
+
+
+async def revoke_token(db: Executor, tenant: str, name: str) -> ApiToken | None:
+    """Revoke the tenant's live token of that name, and announce it to every web process
+    (NOTIFY, delivered at commit); None when there is none."""
+    row = await db.fetchrow(
+        f"""
+        WITH revoked AS (
+            UPDATE api_tokens SET revoked_at = now()
+            WHERE tenant = $1 AND name = $2 AND revoked_at IS NULL
+            RETURNING {_TOKEN_COLUMNS}
+        )
+        SELECT revoked.*, pg_notify($3, revoked.key_id) FROM revoked
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        tenant,
+        name,
+        TOKENS_CHANNEL,
+    )
+    return _token(row) if row else None
+
+
+async def listen_to_token_revocations(conn: Connection, forget: Callable[[str], None]) -> None:
+    """Call ``forget(key_id)`` for every revocation announced from now on."""
+
+    def on_notification(_conn: Connection, _pid: int, _channel: str, key_id: object) -> None:
+        forget(str(key_id))
+
+    await conn.add_listener(TOKENS_CHANNEL, on_notification)
+
+
+async def ping(db: Executor) -> None:
+    await db.fetchval("SELECT 1")
+
+
+async def token_by_key_id(db: Executor, key_id: str) -> ApiToken | None:
+    row = await db.fetchrow(
+        f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE key_id = $1",  # noqa: S608
+        key_id,
+    )
+    return _token(row) if row else None
+
+
+async def live_key_ids(db: Executor, key_ids: Sequence[str]) -> set[str]:
+    """Which of ``key_ids`` belong to tokens that exist and are not revoked."""
+    rows = await db.fetch(
+        "SELECT key_id FROM api_tokens WHERE key_id = ANY($1::text[]) AND revoked_at IS NULL",
+        list(key_ids),
+    )
+    return {r["key_id"] for r in rows}

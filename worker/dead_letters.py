@@ -30,13 +30,24 @@ def storable_text(text: str) -> str:
     return _UNSTORABLE.sub("\ufffd", text)
 
 
+# A letter keeps the entry as written, up to this much per field (a Redis entry may hold
+# hundreds of megabytes; a jsonb value may not, and the letter must be storable).
+MAX_LETTER_FIELD_BYTES = 1 << 20
+
+
 def entry_payload(entry: Entry) -> dict[str, Any]:
     """The raw entry as JSON-safe text, for a dead letter (``entry_from_payload`` rebuilds
-    it exactly, unless it held bytes Postgres cannot store)."""
-    return {
+    it exactly, unless it held bytes Postgres cannot store, or a field over 1 MiB, which is
+    cut and marked ``"truncated": true``)."""
+    payload: dict[str, Any] = {
         "stream_id": entry.stream_id,
-        "fields": {_storable(k): _storable(v) for k, v in entry.fields.items()},
+        "fields": {_storable(k[:MAX_LETTER_FIELD_BYTES]): _storable(v[:MAX_LETTER_FIELD_BYTES])
+                   for k, v in entry.fields.items()},
     }
+    if any(len(k) > MAX_LETTER_FIELD_BYTES or len(v) > MAX_LETTER_FIELD_BYTES
+           for k, v in entry.fields.items()):
+        payload["truncated"] = True
+    return payload
 
 
 def entry_from_payload(payload: dict[str, Any]) -> Entry | None:

@@ -7,12 +7,12 @@ again before putting them back on the stream. Imports nothing of the worker.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import pydantic
 
 from schema import AlertEvent, describe_errors
+from schema.wire import WireError, loads_event
 
 Fields = dict[bytes, bytes]
 
@@ -46,16 +46,18 @@ class InvalidEntry(Exception):
 
 
 def parse_entry(entry: Entry) -> AlertEvent:
-    """The entry's event, or InvalidEntry with a reason an operator can act on."""
+    """The entry's event, or InvalidEntry with a reason an operator can act on.
+
+    Bounded: the JSON is checked for size, depth and number sizes before and while it is
+    decoded (``schema.wire``), so nothing an entry contains raises anything else."""
     raw = entry.fields.get(b"event")
     if raw is None:
-        present = ", ".join(sorted(k.decode(errors="replace") for k in entry.fields)) or "none"
         raise InvalidEntry("missing_event_field",
-                           f"entry has no 'event' field (fields: {present})")
+                           f"entry has no 'event' field (fields: {_field_names(entry)})")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEntry("invalid_json", f"event is not valid JSON: {exc}") from None
+        data = loads_event(raw)
+    except WireError as exc:
+        raise InvalidEntry(exc.reason, exc.error) from None
     if not isinstance(data, dict):
         raise InvalidEntry("invalid_event", "event must be a JSON object")
     try:
@@ -63,6 +65,12 @@ def parse_entry(entry: Entry) -> AlertEvent:
     except pydantic.ValidationError as exc:
         problems = [f"{field}: {reason}" for field, reason in describe_errors(exc)]
         raise InvalidEntry("invalid_event", "; ".join(problems)) from None
+
+
+def _field_names(entry: Entry, shown: int = 10, width: int = 40) -> str:
+    names = sorted(k.decode(errors="replace")[:width] for k in entry.fields)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) or "none") + more
 
 
 def parse_event(entry: Entry) -> ParsedEvent:

@@ -1,9 +1,9 @@
 """Fan-out: valid events → dedup decision → alert and call rows → place_call jobs.
 
-Events of a batch are handled in stream order around resolves (a trigger and its resolve in
-one batch must not ring after the resolve). Triggers between two resolves are handled
-together: one query for their groups, one pipelined round trip for their dedup locks, one
-rate-limit reservation and one enqueue for all their calls.
+Events of a batch are handled in stream order around resolves and acknowledgements (a
+trigger and its resolve in one batch must not ring after the resolve). Triggers between two
+of those are handled together: one query for their groups, one pipelined round trip for
+their dedup locks, one rate-limit reservation and one enqueue for all their calls.
 
 What fan-out cannot finish it reports back to the stream consumer (``FanOutResult``): events
 whose processing raised, and events that rang nobody (no such group, no members). The
@@ -21,7 +21,7 @@ from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
 from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert, StatusSource
-from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
+from worker.outages import caused_by_the_data
 from worker.queue import CANCEL_CALL
 from worker.services import Services
 
@@ -71,7 +71,10 @@ class FanOut:
                 continue
             await self._triggers(run, result)
             run = []
-            await self._resolve(parsed)
+            if parsed.event.action == "ack":
+                await self._acknowledge(parsed)
+            else:
+                await self._resolve(parsed)
             result.done.append(parsed.entry.stream_id)
         await self._triggers(run, result)
         return result
@@ -84,6 +87,18 @@ class FanOut:
             await self.s.schedule(CANCEL_CALL, "cancel", call.id)
         log.info("alert.resolved", alert_id=event.alert_id, tenant=event.tenant,
                  stream_id=parsed.entry.stream_id, calls_to_cancel=len(live))
+
+    async def _acknowledge(self, parsed: ParsedEvent) -> None:
+        """Someone is on it: stop calling (the dedup lock stays: a re-trigger within the
+        window is the same incident)."""
+        event = parsed.event
+        live = await db.acknowledge_alert(self.s.db, event.tenant, event.alert_id,
+                                          event.acknowledged_by, StatusSource.CANCEL)
+        for call in live:
+            await self.s.schedule(CANCEL_CALL, "cancel", call.id)
+        log.info("alert.acknowledged", alert_id=event.alert_id, tenant=event.tenant,
+                 acknowledged_by=event.acknowledged_by, stream_id=parsed.entry.stream_id,
+                 calls_to_cancel=len(live))
 
     async def _triggers(self, events: Sequence[ParsedEvent], result: FanOutResult) -> None:
         if not events:
@@ -107,9 +122,9 @@ class FanOut:
         for item in to_expand:
             try:
                 call_ids += await self._store(item)
-            except (*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE):
-                raise
             except Exception as exc:  # a bug or a constraint this event trips: count it
+                if not caused_by_the_data(exc):
+                    raise
                 log.exception("event.processing_failed", stream_id=item.parsed.entry.stream_id,
                               alert_id=item.parsed.event.alert_id)
                 result.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))

@@ -25,7 +25,7 @@ from worker.entries import Entry, Fields, InvalidEntry, ParsedEvent, parse_event
 from worker.fanout import FanOut, RangNobody
 from worker.logs import get_logger
 from worker.models import AlertStatus, NewDeadLetter
-from worker.outages import DATABASE_UNAVAILABLE
+from worker.outages import DATABASE_UNAVAILABLE, caused_by_the_data
 from worker.services import Services
 
 log = get_logger(__name__)
@@ -84,10 +84,19 @@ class StreamConsumer:
                 await self.run_once()
                 delay = 0.5
             except DATABASE_UNAVAILABLE as exc:
-                log.warning("ingest.database_unavailable", error=str(exc), retry_in_s=delay)
+                log.warning("ingest.database_unavailable", error=f"{type(exc).__name__}: {exc}",
+                            retry_in_s=delay)
                 self._backlog = True
                 await self._sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except redis.exceptions.ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                # Redis lost its data (restarted without persistence, flushed): the stream
+                # and the group are gone. Recreate them; the sweeper rebuilds the rest.
+                log.error("ingest.group_recreated", error=str(exc), stream=self.stream)
+                await self.ensure_group()
+                self._backlog = True
         log.info("ingest.stopped", consumer=self.consumer)
 
     async def _sleep(self, seconds: float) -> None:
@@ -219,11 +228,18 @@ class StreamConsumer:
         ]
         await db.insert_dead_letters(self.s.db, letters)
         for entry in entries:
-            with contextlib.suppress(InvalidEntry):  # an invalid entry never took a lock
-                await self._release_lock(parse_event(entry))
+            await self._release_lock_of(entry)
             log.error("event.dead_lettered", stream_id=entry.stream_id,
                       reason="too_many_deliveries")
         await self.ack([e.stream_id for e in entries])
+
+    async def _release_lock_of(self, entry: Entry) -> None:
+        """Release the lock of an entry given up on, if it is an event that may hold one."""
+        try:
+            parsed = parse_event(entry)
+        except Exception:  # invalid (it never took a lock), or a parser bug: nothing to free
+            return
+        await self._release_lock(parsed)
 
     async def _release_lock(self, parsed: ParsedEvent) -> None:
         """Release the event's dedup lock if it holds it: an event given up on must not
@@ -237,7 +253,13 @@ class StreamConsumer:
             self._failures.forget(stream_ids)
 
     async def handle(self, entries: Sequence[Entry]) -> None:
-        """Validate, then expand; acknowledge what is durably done."""
+        """Validate, then expand; acknowledge what is durably done.
+
+        Nothing an entry contains may stop the batch: an unexpected exception (a bug, a value
+        the database refuses) handles the batch again one entry at a time, and the entry that
+        raises on its own is lettered as ``processing_failed``. What is not the entries' doing
+        propagates (``caused_by_the_data``): Postgres unreachable is retried, Redis lost or a
+        broken schema stops the process with the entries still pending."""
         try:
             await self._handle(entries)
         except DATABASE_UNAVAILABLE:
@@ -246,6 +268,27 @@ class StreamConsumer:
             # toward max_deliveries and good events would end as "too_many_deliveries".
             await self._return_deliveries(entries)
             raise
+        except Exception as exc:
+            if not caused_by_the_data(exc):
+                raise
+            if len(entries) > 1:
+                log.warning("ingest.batch_failed", entries=len(entries),
+                            error=f"{type(exc).__name__}: {exc}")
+                for entry in entries:  # every step is idempotent: the done ones redo nothing
+                    await self.handle([entry])
+                return
+            await self._letter_failed(entries[0], exc)
+
+    async def _letter_failed(self, entry: Entry, exc: Exception) -> None:
+        """Handling this entry alone raised: letter it and go on (it is the entry's doing)."""
+        log.error("event.processing_failed", stream_id=entry.stream_id,
+                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        # A letter is storable by construction: if this fails, the database is at fault,
+        # and the error stops the consumer with the entry still pending.
+        await db.insert_dead_letters(self.s.db, [ingest_letter(
+            entry, reason="processing_failed", error=f"{type(exc).__name__}: {exc}")])
+        await self._release_lock_of(entry)
+        await self.ack([entry.stream_id])
 
     async def _return_deliveries(self, entries: Sequence[Entry]) -> None:
         counts = await self._delivery_counts([e.stream_id for e in entries])
@@ -266,7 +309,7 @@ class StreamConsumer:
                 letters.append(ingest_letter(entry, reason=exc.reason, error=exc.error))
                 done.append(entry.stream_id)
                 log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
-                            error=exc.error)
+                            error=exc.error[:500])
                 metrics.event_invalid(exc.reason)
         await db.insert_dead_letters(self.s.db, letters)
         metrics.events_ingested(p.event.action for p in valid)
@@ -299,6 +342,12 @@ def _rang_nobody_letter(rang: RangNobody) -> NewDeadLetter | None:
     event = rang.event.event
     return ingest_letter(rang.event.entry, reason="unknown_group",
                          error=f"no group {event.group!r} in tenant {event.tenant!r}")
+
+
+def _group_lost(exc: redis.exceptions.ResponseError) -> bool:
+    """Whether Redis answered that the stream or its consumer group does not exist."""
+    text = str(exc)
+    return text.startswith("NOGROUP") or "no such key" in text
 
 
 def _stream_id_tuple(stream_id: str) -> tuple[int, int]:

@@ -45,6 +45,10 @@ class Keys:
         """The global outbound-call schedule (GCRA theoretical arrival time)."""
         return f"{self.prefix}ratelimit:calls"
 
+    def api_requests(self, key_id: str) -> str:
+        """One HTTP API token's request-rate schedule (GCRA theoretical arrival time)."""
+        return f"{self.prefix}ratelimit:api:{key_id}"
+
     def simulated_call(self, sid: str) -> str:
         """State of a call placed by the simulated provider (shared across replicas)."""
         return f"{self.prefix}simulated:call:{sid}"

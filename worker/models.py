@@ -69,17 +69,28 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"  # an operator or a service resolved it
     UNKNOWN_GROUP = "unknown_group"  # rang nobody: no such group
     EMPTY_GROUP = "empty_group"  # rang nobody: the group has no members
+    ACKNOWLEDGED = "acknowledged"  # someone pressed 1, or an ack event: calling stopped
+    UNACKNOWLEDGED = "unacknowledged"  # the last round ended and nobody acknowledged
 
 
 #: Final: nothing moves an alert out of these (an operator's resolve is final). Answered,
 #: unanswered and failed alerts are settled but not final: a DLQ replay calls again.
 TERMINAL_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED})
+#: No call is placed for an alert in one of these, and nothing but a resolve moves it on.
+CALLING_STOPPED_ALERT_STATUSES = frozenset({AlertStatus.RESOLVED, AlertStatus.ACKNOWLEDGED})
 #: The event rang nobody; re-sending it (once the group exists) takes it up again.
 RANG_NOBODY_ALERT_STATUSES = frozenset({AlertStatus.UNKNOWN_GROUP, AlertStatus.EMPTY_GROUP})
 #: What a resolve applies to.
-RESOLVABLE_ALERT_STATUSES = frozenset({AlertStatus.CALLING, AlertStatus.ANSWERED})
-#: Still ringing people (``voicealert status`` counts these whatever their age).
+RESOLVABLE_ALERT_STATUSES = frozenset({
+    AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.ACKNOWLEDGED,
+    AlertStatus.UNACKNOWLEDGED,
+})
+#: Still ringing people, or about to (``voicealert status`` counts these whatever their age).
 OPEN_ALERT_STATUSES = frozenset({AlertStatus.CALLING})
+#: What an acknowledgement applies to (an alert that ran out of rounds may still be taken).
+ACKNOWLEDGEABLE_ALERT_STATUSES = frozenset({
+    AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.UNACKNOWLEDGED,
+})
 
 
 # --- groups -------------------------------------------------------------------------------
@@ -212,46 +223,12 @@ class AlertProgress:
 
 
 @dataclass(frozen=True)
-class AlertRow:
-    """An alert as operators read it (``alerts list``/``show``), with its call counts.
-
-    ``extra`` holds the columns later migrations added that this code does not name
-    (acknowledgement, rounds), as stored, so they are shown before this code knows them.
-    """
-
-    id: int
-    tenant: str
-    alert_id: str
-    event_key: str
-    group_name: str
-    message: str
-    mode: str
-    status: str  # an AlertStatus value
-    dedup_window_s: int
-    metadata: dict[str, Any]
-    event_id: str | None
-    stream_id: str
-    duplicates: int
-    last_duplicate_at: datetime | None
-    received_at: datetime
-    updated_at: datetime
-    resolved_at: datetime | None
-    call_count: int
-    answered_count: int
-    extra: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        out.update({k: v for k, v in self.extra.items() if k not in out})
-        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in out.items()}
-
-
-@dataclass(frozen=True)
 class AlertCallEvent:
     """One change of one of an alert's calls, with the member it rang."""
 
     id: int
     call: int
+    round: int
     position: int
     member_name: str
     phone: str
@@ -289,14 +266,104 @@ class CallRow:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    round: int
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    merged_into: int | None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.__dict__)
         out["status"] = str(self.status)
-        for key in ("created_at", "updated_at", "ended_at"):
+        for key in ("created_at", "updated_at", "ended_at", "acknowledged_at"):
             if out[key] is not None:
                 out[key] = out[key].isoformat()
         return out
+
+
+# --- alerts as the HTTP API reads them back -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertCall:
+    """One call of an alert, as ``GET /v1/alerts/{alert_id}`` shows it."""
+
+    id: int
+    round: int
+    position: int
+    member_name: str
+    phone: str
+    status: CallStatus
+    attempts: int
+    error_code: int | None
+    error_message: str | None
+    answered_by: str | None
+    duration_s: int | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    """One alert row, with its calls when they were asked for."""
+
+    id: int
+    tenant: str
+    alert_id: str
+    group_name: str
+    message: str
+    mode: str
+    status: AlertStatus
+    event_id: str | None
+    stream_id: str
+    duplicates: int
+    last_duplicate_at: datetime | None
+    received_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    round: int
+    rounds: int
+    next_round_at: datetime | None
+    calls: list[AlertCall]
+
+
+# --- API tokens ---------------------------------------------------------------------------
+
+
+class TokenScope(StrEnum):
+    """What an API token may do (``api_tokens.scope``)."""
+
+    FIRE = "fire"  # send events (fire, resolve, ack, Alertmanager) and read alerts back
+    ADMIN = "admin"  # all of that, and administer alert groups
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A token's row: never the token itself, only what identifies and scopes it."""
+
+    id: int
+    tenant: str
+    name: str
+    scope: TokenScope
+    key_id: str
+    token_sha256: bytes
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The token for ``tokens list --json``: no digest, no secret."""
+        return {
+            "tenant": self.tenant,
+            "name": self.name,
+            "scope": str(self.scope),
+            "key_id": self.key_id,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
 
 
 # --- dead letters -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Outcomes: following a placed call to its end, and what its end means for the alert.
 
 Until the web process receives status callbacks, each placed call is followed by a
-``poll_call`` job that re-schedules itself with backoff, bounded by the ring timeout plus a
-margin while unanswered (and by a maximum call duration once answered). Status updates are
+``poll_call`` job that runs again at the cadence of ``poll_delay_s`` (a fresh job each
+round, ``worker.jobs.run_again_in``), bounded by the ring timeout plus a margin while
+unanswered (and by a maximum call duration once answered). Status updates are
 monotonic (``db.advance_call``). When a call's status changes, the alert's status is
 recomputed and a sequential alert moves on to its next member.
 """
@@ -13,12 +14,11 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from arq import Retry
-
 from worker import db, metrics
+from worker.jobs import run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
-    TERMINAL_ALERT_STATUSES,
+    CALLING_STOPPED_ALERT_STATUSES,
     TERMINAL_CALL_STATUSES,
     UNANSWERED_CALL_STATUSES,
     AlertStatus,
@@ -38,18 +38,24 @@ _STATUS_LEVELS = {CallStatus.QUEUED: logging.DEBUG, CallStatus.RINGING: logging.
 POLL_MAX_S = 2.0
 
 
+def poll_delay_s(since_attempt_s: float) -> float:
+    """How soon to poll a call again, given how long ago its attempt started: often while
+    it is young (a quick answer or refusal shows at once), then every ``POLL_MAX_S``."""
+    return min(POLL_MAX_S, max(POLL_FIRST_S, since_attempt_s / 4))
+
+
 async def schedule_poll(s: Services, call_id: int, delay_s: float = POLL_FIRST_S) -> None:
     await s.schedule(POLL_CALL, "poll", call_id, delay_s)
 
 
 async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall) -> None:
     """Attach the provider's call to our row, follow it, and cancel it if the alert was
-    resolved while we were dialing."""
+    resolved or acknowledged while we were dialing."""
     await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed, StatusSource.WORKER)
     fresh = await db.get_call(s.db, call.id)
-    resolved = fresh is not None and fresh.alert_status in TERMINAL_ALERT_STATUSES
-    if fresh is not None and resolved and fresh.status in UNANSWERED_CALL_STATUSES:
+    stopped = fresh is not None and fresh.alert_status in CALLING_STOPPED_ALERT_STATUSES
+    if fresh is not None and stopped and fresh.status in UNANSWERED_CALL_STATUSES:
         await cancel_at_provider(s, fresh, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
@@ -80,7 +86,7 @@ async def apply_status(
 async def after_status_change(s: Services, alert_pk: int) -> None:
     """Recompute the alert's status; in sequential mode, ring the next member or stop."""
     progress = await db.alert_progress(s.db, alert_pk)
-    if progress is None or progress.status in TERMINAL_ALERT_STATUSES:
+    if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
     if progress.answered:
         if progress.mode == "sequential":
@@ -107,7 +113,8 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     if call is None or call.status in TERMINAL_CALL_STATUSES or call.provider_sid is None:
         return "nothing-to-follow"
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
-    job_try = int(ctx.get("job_try", 1))
+    started = call.attempt_started_at or call.created_at
+    age = datetime.now(UTC) - started
     try:
         observed = await s.provider.fetch_call(call.provider_sid)
     except PermanentProviderError as exc:
@@ -115,25 +122,22 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         return "lost"
     except ProviderError as exc:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
-        raise Retry(defer=_poll_delay(job_try)) from exc
+        run_again_in(ctx, poll_delay_s(age.total_seconds()))
+        return "poll-failed"
     await apply_status(s, call, observed, StatusSource.POLL)
     if observed.status in TERMINAL_CALL_STATUSES:
         return observed.status
-    started = call.attempt_started_at or call.created_at
     limit = (
         s.settings.ring_timeout_s + s.settings.poll_margin_s
         if observed.status in UNANSWERED_CALL_STATUSES
         else s.settings.max_call_duration_s
     )
-    if datetime.now(UTC) - started > timedelta(seconds=limit):
+    if age > timedelta(seconds=limit):
         await cancel_at_provider(s, call, call.provider_sid, StatusSource.POLL)
         await _end_unknown(s, call, f"no final status from the provider within {limit:.0f}s")
         return "timed-out"
-    raise Retry(defer=_poll_delay(job_try))
-
-
-def _poll_delay(job_try: int) -> float:
-    return float(min(POLL_MAX_S, POLL_FIRST_S * 2 ** (job_try - 1)))
+    run_again_in(ctx, poll_delay_s(age.total_seconds()))
+    return "following"
 
 
 async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
@@ -158,16 +162,20 @@ async def cancel_at_provider(
 
 
 async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
-    """After a resolve: cancel a call already at the provider and not yet answered."""
+    """After a resolve or an acknowledgement: cancel a call already at the provider and not
+    yet answered."""
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
     if call is None or call.status in TERMINAL_CALL_STATUSES:
         return "nothing-to-cancel"
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.provider_sid is None:
-        # Still dialing: place_call cancels it once the provider answers with a sid.
-        if int(ctx.get("job_try", 1)) < 20:
-            raise Retry(defer=0.5)
+        # Still dialing: place_call cancels it once the provider answers with a sid. Look
+        # again while that POST may still be in flight (a job lasts at most its timeout).
+        started = call.attempt_started_at or call.created_at
+        if datetime.now(UTC) - started < timedelta(seconds=s.settings.call_job_timeout_s + 5):
+            run_again_in(ctx, 0.5)
+            return "waiting-for-sid"
         return "no-sid"
     await cancel_at_provider(s, call, call.provider_sid, StatusSource.CANCEL)
     return "canceled"

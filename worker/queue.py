@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -57,6 +57,7 @@ class ScheduledJob:
     job_id: str
     args: tuple[Any, ...]
     run_at_ms: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _ENQUEUE_MANY = """
@@ -88,7 +89,7 @@ async def enqueue_many(
     for job in jobs:
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id]
         payload = serialize_job(
-            job.function, job.args, {}, None, now_ms, serializer=json_serializer
+            job.function, job.args, job.kwargs, None, now_ms, serializer=json_serializer
         )
         argv += [job.job_id, job.run_at_ms, payload]
     argv.append(now_ms)

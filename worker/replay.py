@@ -17,7 +17,7 @@ from worker.db import Connection
 from worker.dead_letters import entry_from_payload
 from worker.entries import Fields, InvalidEntry, parse_entry
 from worker.keys import Keys
-from worker.models import TERMINAL_ALERT_STATUSES, DeadLetter, StatusSource
+from worker.models import CALLING_STOPPED_ALERT_STATUSES, DeadLetter, StatusSource
 from worker.services import schedule_calls
 
 # Twilio errors about the number itself: replaying the same number fails again.
@@ -59,6 +59,9 @@ async def _ingest_replay_fields(conn: Connection, letter: DeadLetter) -> Fields:
     entry = entry_from_payload(letter.payload)
     if entry is None:
         raise ReplayRefused(f"letter {letter.id} has no stream entry to replay")
+    if letter.payload.get("truncated"):
+        raise ReplayRefused(f"letter {letter.id} keeps only the first MiB of its entry: "
+                            "write the event again instead")
     try:
         event = parse_entry(entry)
     except InvalidEntry as exc:
@@ -93,8 +96,9 @@ async def _prepare_call_replay(
     call = await db.get_call(conn, call_id)
     if call is None:
         raise ReplayRefused(f"letter {letter.id}: call {call_id} no longer exists")
-    if call.alert_status in TERMINAL_ALERT_STATUSES:
-        raise ReplayRefused(f"letter {letter.id}: alert {call.alert_id!r} was resolved")
+    if call.alert_status in CALLING_STOPPED_ALERT_STATUSES:
+        raise ReplayRefused(f"letter {letter.id}: alert {call.alert_id!r} was "
+                            f"{call.alert_status}")
     group_name = await db.alert_group_name(conn, call.alert)
     group = await db.get_group(conn, call.tenant, group_name)
     member = next((m for m in group.members if m.name == call.member_name), None) if group else None

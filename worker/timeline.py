@@ -1,21 +1,21 @@
 """The history of one alert, in the order it happened (``voicealert alerts show``).
 
-Read from the record, not reconstructed: the alert row (received, resolved, acknowledged),
+Read from the record, not reconstructed: the alert row (received, acknowledged, resolved),
 ``duplicate_events`` (triggers its dedup lock suppressed), ``call_events`` (every status
 change of every call, with who made it: worker, poll, callback, cancel, operator, sweeper)
-and the dead letters about it. Columns added by later migrations (acknowledgement) are read
-when present.
+and the dead letters about it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from worker import db
-from worker.models import AlertRow, CallRow
+from worker.models import AlertRow
 
 # When two steps share a timestamp (one transaction), the one that caused the other comes
 # first: the alert's calls are created when it is received, canceled when it is resolved.
@@ -44,21 +44,32 @@ class Step:
         return out
 
 
+def alert_json(alert: AlertRow, **extra: Any) -> dict[str, Any]:
+    """An alert row as ``--json`` prints it (phones whole), without its calls."""
+    out = {k: v for k, v in dataclasses.asdict(alert).items() if k != "calls"}
+    return _iso({**out, "status": str(alert.status), **extra})
+
+
 @dataclass(frozen=True)
 class AlertHistory:
-    alert: AlertRow
-    calls: list[CallRow]
+    alert: AlertRow  # with its calls
     steps: list[Step]
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "alert": self.alert.to_json(),
-            "calls": [c.to_json() for c in self.calls],
+            "alert": alert_json(self.alert),
+            "calls": [_iso({**dataclasses.asdict(c), "status": str(c.status)})
+                      for c in self.alert.calls],
             "timeline": [s.to_json() for s in self.steps],
         }
 
 
+def _iso(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+
+
 async def alert_history(conn: db.Executor, alert: AlertRow) -> AlertHistory:
+    """The history of ``alert`` (read with its calls: ``db.alerts_with_calls``)."""
     steps = [Step(alert.received_at, "received", fields={
         "stream_id": alert.stream_id, "event_id": alert.event_id, "group": alert.group_name,
         "mode": alert.mode, "alert_status": alert.status})]
@@ -71,8 +82,9 @@ async def alert_history(conn: db.Executor, alert: AlertRow) -> AlertHistory:
     for event in await db.alert_call_events(conn, alert.id):
         changes.append(Step(event.at, "call", call=event.call, member_name=event.member_name,
                           phone=event.phone, status=event.status, source=event.source,
-                          detail=event.detail, fields={"position": event.position}))
-    span = await db.duplicate_span(conn, alert.tenant, alert.event_key)
+                          detail=event.detail,
+                          fields={"round": event.round, "position": event.position}))
+    span = await db.duplicate_span(conn, alert.id)
     if span.count and span.first is not None:
         steps.append(Step(span.first, "duplicates", fields={
             "count": span.count, "first": span.first, "last": span.last}))
@@ -81,18 +93,14 @@ async def alert_history(conn: db.Executor, alert: AlertRow) -> AlertHistory:
                           detail=letter.error, fields={"letter": letter.id,
                                                        "source_of_letter": letter.source,
                                                        "reason": letter.reason}))
-    acknowledged_at = alert.extra.get("acknowledged_at")
-    if isinstance(acknowledged_at, datetime):
-        steps.append(Step(acknowledged_at, "acknowledged",
-                          detail=_text_or_none(alert.extra.get("acknowledged_by")),
-                          fields={k: v for k, v in alert.extra.items()
-                                  if k.startswith("acknowledged") and k != "acknowledged_at"}))
+    if alert.acknowledged_at is not None:
+        by_call = next((c.id for c in alert.calls if c.acknowledged_at is not None), None)
+        steps.append(Step(alert.acknowledged_at, "acknowledged", call=by_call,
+                          detail=alert.acknowledged_by))
     if alert.resolved_at is not None:
         steps.append(Step(alert.resolved_at, "resolved"))
     steps.sort(key=_order)
-    merged = list(heapq.merge(changes, steps, key=_order))
-    calls = await db.list_calls(conn, alert=alert.id, limit=100_000)
-    return AlertHistory(alert, calls, merged)
+    return AlertHistory(alert, list(heapq.merge(changes, steps, key=_order)))
 
 
 def _order(step: Step) -> tuple[datetime, int]:
@@ -105,6 +113,3 @@ def _xadd_time(stream_id: str) -> datetime | None:
         return None
     return datetime.fromtimestamp(int(millis) / 1000, UTC)
 
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None else str(value)

@@ -13,6 +13,8 @@ the process comes up while Redis or Postgres is down, and ``/readyz`` says so.
 Routes of a feature live in the feature's module, which exposes ``add_routes``::
 
     # worker/webhooks.py
+    from worker.web_support import DB
+
     def add_routes(app: web.Application) -> None:
         app.router.add_post("/twilio/status", status_callback)
 
@@ -20,34 +22,38 @@ Routes of a feature live in the feature's module, which exposes ``add_routes``::
         pool = request.app[DB]
         ...
 
-and is listed in ``FEATURES`` below. Every error answers JSON (404, 405, 500 included), never
-HTML and never a traceback. SIGTERM or SIGINT stops accepting connections, lets requests in
-flight finish for up to ``SHUTDOWN_TIMEOUT_S``, closes the resources and exits 0.
+and is listed in ``FEATURES`` below. Feature modules import the keys and ``error_response``
+from ``worker.web_support`` (this module imports them: importing it back would be a circle).
+Every error answers JSON (404, 405, 500 included), never HTML and never a traceback. SIGTERM
+or SIGINT stops accepting connections, lets requests in flight finish for up to
+``SHUTDOWN_TIMEOUT_S``, closes the resources and exits 0.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
 import redis.asyncio
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from arq.connections import ArqRedis
 
-from worker import db
+from worker import api, db
 from worker.config import Settings, redact_url
 from worker.health import migrations_pending
 from worker.logs import get_logger
 from worker.queue import json_deserializer, json_serializer
+from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS, error_response
 
 log = get_logger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", ArqRedis)
-DB = web.AppKey("db", asyncpg.Pool)
+__all__ = ["DB", "FEATURES", "REDIS", "SETTINGS", "create_app", "error_response", "run_web"]
 
 #: How long /readyz waits for each of Redis and Postgres.
 READY_TIMEOUT_S = 2.0
@@ -58,8 +64,8 @@ REDIS_CONNECT_TIMEOUT_S = 2.0
 REDIS_COMMAND_TIMEOUT_S = 5.0
 
 AddRoutes = Callable[[web.Application], None]
-#: Each feature module's ``add_routes``, called by create_app (none yet).
-FEATURES: tuple[AddRoutes, ...] = ()
+#: Each feature module's ``add_routes``, called by create_app.
+FEATURES: tuple[AddRoutes, ...] = (api.add_routes,)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -99,12 +105,6 @@ def open_redis(settings: Settings) -> ArqRedis:
 
 
 # --- errors -------------------------------------------------------------------------------
-
-
-def error_response(status: int, message: str, headers: Any = None) -> web.Response:
-    """The one shape of every error: ``{"error": message, "status": status}``."""
-    return web.json_response({"error": message, "status": status}, status=status,
-                             headers=headers)
 
 
 @web.middleware
@@ -180,6 +180,44 @@ async def _migrations_applied(pool: asyncpg.Pool) -> None:
         pending, error = await migrations_pending(conn)
     if error or pending:
         raise _NotReady(error or f"not applied: {', '.join(pending)}")
+# --- the access log -----------------------------------------------------------------------
+
+# An API token pasted where it does not belong (a path, a query string): keep its public key
+# id, hide its secret. Tokens are read from the Authorization header only, never logged.
+_TOKEN_RE = re.compile(r"(va_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
+#: Health probes that succeed are not logged: a probe every few seconds would drown the rest.
+_PROBES = frozenset({"/healthz", "/readyz"})
+
+
+def _scrub(text: str) -> str:
+    return _TOKEN_RE.sub(r"\1***", text)
+
+
+class AccessLog(AbstractAccessLogger):
+    """One ``web.request`` line per request: method, path, status, duration, who
+    (``tenant/token-name``) and what the handler added (``LOG_FIELDS``: the alert and stream
+    ids it wrote); never a header; phone numbers masked like every line."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if request.path in _PROBES and response.status < 400:
+            return
+        log.info("web.request", method=request.method, path=_scrub(request.path),
+                 query=_scrub(request.query_string) or None, status=response.status,
+                 duration_ms=round(time * 1000, 1), actor=request.get(ACTOR),
+                 remote=request.remote, **request.get(LOG_FIELDS, {}))
+
+
+class BadRequestsInOneLine(logging.Filter):
+    """aiohttp answers a request it cannot parse (a malformed request line, a header over
+    8 KiB) with a plain-text 400 before any handler runs, and logs it with a traceback: it
+    is the client's mistake, so it becomes one ``web.bad_request`` line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        log.warning("web.bad_request", error=type(error).__name__, detail=error.message[:200])
+        return False
 
 
 # --- the process --------------------------------------------------------------------------
@@ -187,7 +225,9 @@ async def _migrations_applied(pool: asyncpg.Pool) -> None:
 
 async def serve(settings: Settings) -> int:
     """Run the web process until SIGTERM or SIGINT; returns the exit status."""
-    runner = web.AppRunner(create_app(settings), access_log=None,
+    logging.getLogger("aiohttp.server").addFilter(BadRequestsInOneLine())
+    runner = web.AppRunner(create_app(settings), access_log_class=AccessLog,
+                           access_log=logging.getLogger("aiohttp.access"),
                            shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     stop = asyncio.Event()

@@ -7,6 +7,8 @@ JSON log to a file of its own, which is how a test learns what *that* process di
 jobs it started and finished, which calls it dialed). Every process a test started is
 SIGKILLed at teardown if it is still alive, whatever the test did.
 
+``spawn_web`` starts ``python -m worker web`` processes the same way (tests/e2e/webs.py).
+
 ``throwaway_postgres`` and ``throwaway_redis`` are servers the test owns and may stop and
 start (scripts/services.py), so outages never touch the shared services.
 """
@@ -26,8 +28,9 @@ from pathlib import Path
 import pytest
 
 from scripts.services import ThrowawayPostgres, ThrowawayRedis
+from tests.e2e.webs import SpawnWeb, WebProc
 from tests.e2e.workers import E2E_DEFAULTS, SpawnWorker, WorkerProc
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port
 
 _names = itertools.count(1)
 
@@ -65,6 +68,31 @@ def spawn_worker(env: dict[str, str], tmp_path: Path) -> Iterator[SpawnWorker]:
     yield spawn
     for worker in started:
         worker.reap()
+
+
+@pytest.fixture
+def spawn_web(env: dict[str, str], tmp_path: Path) -> Iterator[SpawnWeb]:
+    """``spawn_web(**overrides)`` starts ``python -m worker web`` on a free loopback port with
+    the test's environment plus overrides; returns at once (``await w.up()``)."""
+    started: list[WebProc] = []
+
+    def spawn(**overrides: str) -> WebProc:
+        port = free_port()
+        log_path = tmp_path / f"web-{port}.log"
+        process_env = {**os.environ, **env, "VOICEALERT_WEB_PORT": str(port), **overrides}
+        with open(log_path, "wb") as log_file:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "worker", "web"], cwd=REPO, env=process_env,
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = WebProc(popen, f"http://127.0.0.1:{port}", log_path)
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        proc.reap()
 
 
 @pytest.fixture

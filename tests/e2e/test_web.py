@@ -3,85 +3,15 @@ SIGTERM, and a bad VOICEALERT_PUBLIC_URL refused at start."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
+from tests.e2e.webs import SpawnWeb
 from tests.helpers import REPO, free_port
-
-
-@dataclass
-class WebProc:
-    popen: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    async def get(self, path: str, method: str = "GET") -> tuple[int, Any, dict[str, str]]:
-        async with aiohttp.ClientSession() as session, session.request(
-            method, self.base_url + path, timeout=aiohttp.ClientTimeout(total=10)
-        ) as response:
-            assert response.content_type == "application/json", await response.text()
-            return response.status, await response.json(), dict(response.headers)
-
-    async def up(self) -> WebProc:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise AssertionError(f"web exited {self.popen.returncode}:\n{self.log_text()}")
-            try:
-                await self.get("/healthz")
-                return self
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"web not up in 20s:\n{self.log_text()}")
-
-    async def wait_exit(self, timeout: float) -> int | None:  # noqa: ASYNC109 - a deadline
-        try:
-            return await asyncio.to_thread(self.popen.wait, timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-
-SpawnWeb = Callable[..., WebProc]
-
-
-@pytest.fixture
-def spawn_web(env: dict[str, str], tmp_path: Path) -> Iterator[SpawnWeb]:
-    """``spawn_web(**overrides)`` starts ``python -m worker web`` on a free loopback port."""
-    started: list[WebProc] = []
-
-    def spawn(**overrides: str) -> WebProc:
-        port = free_port()
-        log_path = tmp_path / f"web-{port}.log"
-        process_env = {**os.environ, **env, "VOICEALERT_WEB_PORT": str(port), **overrides}
-        with open(log_path, "wb") as log_file:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "worker", "web"], cwd=REPO, env=process_env,
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = WebProc(popen, f"http://127.0.0.1:{port}", log_path)
-        started.append(proc)
-        return proc
-
-    yield spawn
-    for proc in started:
-        if proc.popen.poll() is None:
-            proc.popen.kill()
-        proc.popen.wait(10)
 
 
 async def test_web_process_is_healthy_ready_and_exits_0_on_sigterm(spawn_web: SpawnWeb) -> None:

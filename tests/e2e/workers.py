@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import subprocess
 import time
@@ -15,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.helpers import json_lines
 
 # arq's lines about a job, as worker/logs.py turns them into events (job.started and the
 # like are DEBUG: e2e workers log at debug unless a test says otherwise).
@@ -65,13 +66,7 @@ class WorkerProc:
 
     def events(self) -> list[dict[str, Any]]:
         """The process's log lines as JSON objects (lines that are not JSON are skipped)."""
-        out = []
-        for line in self.log_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if isinstance(record, dict):
-                    out.append(record)
-        return out
+        return json_lines(self.log_text())
 
     def logged(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events() if e.get("event") == event]

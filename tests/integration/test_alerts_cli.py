@@ -115,7 +115,7 @@ async def test_alerts_list_filters_by_status_tenant_and_since(
     await fire(settings, alert_id="nobody-home", group="no-such-group")
 
     async def settled() -> bool:
-        rows = await db.list_alerts(db_conn)
+        rows = await db.list_alerts(db_conn, None)
         return len(rows) == 3 and {r.status for r in rows} == {"answered", "unknown_group"}
 
     await wait_for(settled, what="three alerts settled")

@@ -11,6 +11,8 @@
   ``Worker.tasks`` (which jobs run now) and passes ``on_job_start`` (the log scope of a job);
   ``worker/logs.py`` rewrites arq's log lines by their format strings
   (tests/unit/test_quiet_logs.py pins those).
+- ``worker/jobs.py`` passes ``after_job_end``: it must run after the run is recorded (the job
+  key deleted) and see the ctx dict the job itself ran with.
 
 pyproject.toml pins arq to one minor version; moving the pin means reading these again.
 """
@@ -103,6 +105,14 @@ def test_the_health_hooks_we_override_are_called_where_we_expect() -> None:
     assert "on_job_start" in inspect.signature(Worker).parameters
     # A clean stop deletes the health key (status then shows no replica, not a dead one).
     assert "await self.pool.delete(self.health_check_key)" in inspect.getsource(Worker.close)
+def test_after_job_end_runs_after_the_run_is_recorded_with_the_jobs_own_ctx() -> None:
+    assert "after_job_end" in inspect.signature(Worker.__init__).parameters
+    source = inspect.getsource(Worker.run_job)
+    assert "function.coroutine(ctx, *args, **kwargs)" in source
+    assert source.index("self.finish_job(") < source.index("await self.after_job_end(ctx)")
+    # A failed or timed-out run is finished (its job key deleted): what after_job_end re-adds.
+    assert "delete_keys += [retry_key_prefix + job_id, job_key_prefix + job_id]" in (
+        inspect.getsource(Worker.finish_job))
 
 
 async def test_a_batch_enqueued_job_is_the_job_arq_reads(arq_redis: ArqRedis, prefix: str) -> None:

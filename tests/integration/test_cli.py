@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -16,51 +14,9 @@ import pytest
 import redis.asyncio
 
 from schema import AlertEvent, Member
-from tests.helpers import DATABASE_URL, REPO, stream_entries, with_database
+from tests.helpers import DATABASE_URL, run_cli, stream_entries, with_database
 from worker import db
 from worker.migrate import maintenance_url
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_line(self) -> str:
-        """The one stderr line a failing command must print (fails the test otherwise)."""
-        lines = self.stderr.strip().splitlines()
-        assert len(lines) == 1, f"expected one stderr line, got: {self.stderr!r}"
-        assert "Traceback" not in self.stderr
-        return lines[0]
-
-
-async def run_cli(env: dict[str, str], *args: str) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
-@pytest.fixture
-def cli_env(database_url: str, redis_url: str, prefix: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "VOICEALERT_REDIS_PREFIX": prefix,
-        "VOICEALERT_PROVIDER": "simulated",
-    }
-
-
-@pytest.fixture
-def no_db_env(redis_url: str, prefix: str) -> dict[str, str]:
-    """For commands that must fail before touching Postgres (no per-test database needed)."""
-    return {"REDIS_URL": redis_url, "VOICEALERT_REDIS_PREFIX": prefix,
-            "VOICEALERT_PROVIDER": "simulated"}
 
 
 async def add_group(conn: asyncpg.Connection, name: str, *members: tuple[str, str],
@@ -252,6 +208,28 @@ async def test_resolve_writes_a_resolve_event(
     assert result.stdout.strip() == entry_id
     event = AlertEvent.model_validate_json(fields["event"])
     assert (event.action, event.alert_id, event.tenant) == ("resolve", "db-down", "acme")
+
+
+async def test_ack_writes_an_ack_event_with_who(
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    result = await run_cli(no_db_env, "ack", "--alert-id", "db-down", "--tenant", "acme",
+                           "--by", "alice")
+    assert result.code == 0, result.stderr
+    [(entry_id, fields)] = await stream_entries(text_redis, prefix)
+    assert result.stdout.strip() == entry_id
+    event = AlertEvent.model_validate_json(fields["event"])
+    assert (event.action, event.alert_id, event.tenant, event.acknowledged_by) == (
+        "ack", "db-down", "acme", "alice")
+
+
+async def test_ack_with_an_invalid_name_exits_2_naming_the_field(
+    no_db_env: dict[str, str], text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    result = await run_cli(no_db_env, "ack", "--alert-id", "db-down", "--by", "x" * 201)
+    assert result.code == 2
+    assert "acknowledged_by" in result.error_line
+    assert await stream_entries(text_redis, prefix) == []
 
 
 # --- usage, configuration and service errors --------------------------------------------------

@@ -179,7 +179,8 @@ async def _run_example(
         await conn.execute("DELETE FROM dead_letters")
         phones: dict[int, list[str]] = {}
         for g, size in enumerate(group_sizes):
-            phones[g] = [f"+1415{n % 1000:03d}{g}{i:03d}" for i in range(size)]
+            # Exchanges 200-999: NANP exchanges never start with 0 or 1 (valid_phone refuses those).
+            phones[g] = [f"+1415{200 + n % 800:03d}{g}{i:03d}" for i in range(size)]
             members = [Member(name=f"m{i}", phone=p) for i, p in enumerate(phones[g])]
             await db.upsert_group(conn, tag, f"G{g}", members)
 

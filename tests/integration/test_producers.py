@@ -174,6 +174,30 @@ async def test_resolve_writes_a_resolve_event(
     assert event.message is None
 
 
+async def test_ack_writes_an_ack_event_with_who(
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    entry_id = await producer.ack(alert_id="db-down", tenant="acme", acknowledged_by="alice",
+                                  event_id="ack-1")
+    anonymous = await producer.ack(alert_id="db-down")
+    [(first_id, first), (second_id, second)] = await stream_entries(text_redis, prefix)
+    assert (first_id, second_id) == (entry_id, anonymous)
+    event = parsed(first)
+    assert (event.action, event.alert_id, event.tenant, event.acknowledged_by, event.event_id) \
+        == ("ack", "db-down", "acme", "alice", "ack-1")
+    assert event.group is None
+    assert "acknowledged_by" not in json.loads(second["event"])
+
+
+async def test_ack_with_a_control_character_in_who_is_refused(
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        await producer.ack(alert_id="db-down", acknowledged_by="al\x00ice")
+    assert info.value.field == "acknowledged_by"
+    assert await stream_entries(text_redis, prefix) == []
+
+
 async def test_resolve_with_blank_alert_id_is_refused(
     producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:
@@ -191,20 +215,22 @@ async def test_producer_over_a_caller_owned_client_leaves_it_open(
     assert await text_redis.xlen(f"{prefix}events") == 1  # still usable after the producer closed
 
 
-def test_sync_producer_fires_fire_many_and_resolves_from_plain_code(
+def test_sync_producer_fires_fire_many_resolves_and_acks_from_plain_code(
     redis_url: str, prefix: str
 ) -> None:
     producer = SyncAlertProducer(redis_url, prefix=prefix)
     fired = producer.fire(alert_id="db-down", group="ops", message="down")
     batch = producer.fire_many([{"alert_id": "b", "group": "ops", "message": "m"}])
     resolved = producer.resolve(alert_id="db-down")
+    acked = producer.ack(alert_id="db-down", acknowledged_by="bob")
     with pytest.raises(ValidationError) as info:
         producer.fire(alert_id="", group="ops", message="down")
     assert info.value.field == "alert_id"
     with redis.Redis.from_url(redis_url, decode_responses=True) as sync_client:
         stored = sync_client.xrange(f"{prefix}events")
-    assert [entry_id for entry_id, _ in stored] == [fired, *batch, resolved]
-    assert [parsed(fields).action for _, fields in stored] == ["trigger", "trigger", "resolve"]
+    assert [entry_id for entry_id, _ in stored] == [fired, *batch, resolved, acked]
+    assert [parsed(fields).action for _, fields in stored] == [
+        "trigger", "trigger", "resolve", "ack"]
 
 
 async def test_sync_producer_works_from_a_thread_beside_a_running_loop(

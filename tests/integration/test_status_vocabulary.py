@@ -11,7 +11,13 @@ import re
 
 import asyncpg
 
-from worker.models import TERMINAL_CALL_STATUSES, AlertStatus, CallStatus, StatusSource
+from worker.models import (
+    TERMINAL_CALL_STATUSES,
+    AlertStatus,
+    CallStatus,
+    StatusSource,
+    TokenScope,
+)
 
 
 async def check_list(conn: asyncpg.Connection, table: str, column: str) -> set[str]:
@@ -41,6 +47,10 @@ async def test_call_events_know_every_call_status_and_source(db_conn: asyncpg.Co
 
 async def test_alert_statuses_are_the_alerts_check_list(db_conn: asyncpg.Connection) -> None:
     assert await check_list(db_conn, "alerts", "status") == {s.value for s in AlertStatus}
+
+
+async def test_token_scopes_are_the_api_tokens_check_list(db_conn: asyncpg.Connection) -> None:
+    assert await check_list(db_conn, "api_tokens", "scope") == {s.value for s in TokenScope}
 
 
 async def test_call_status_rank_follows_the_enum_and_ends_at_the_terminal_set(

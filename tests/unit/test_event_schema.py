@@ -66,6 +66,30 @@ def test_resolve_needs_only_the_alert_id() -> None:
     assert not parsed.is_trigger
 
 
+def test_ack_needs_only_the_alert_id_and_says_who_when_given() -> None:
+    parsed = AlertEvent.model_validate(
+        {"alert_id": "db-down", "action": "ack", "acknowledged_by": "  alice "}
+    )
+    assert (parsed.action, parsed.acknowledged_by, parsed.group) == ("ack", "alice", None)
+    assert not parsed.is_trigger
+    anonymous = AlertEvent.model_validate({"alert_id": "db-down", "action": "ack"})
+    assert anonymous.acknowledged_by is None
+
+
+@pytest.mark.parametrize("action", ["trigger", "resolve", None])
+def test_acknowledged_by_is_refused_on_anything_but_an_ack(action: str | None) -> None:
+    data = {**VALID, "acknowledged_by": "alice"}
+    if action is not None:
+        data["action"] = action
+    assert rejected_field(data) == "acknowledged_by"
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "a\nb", "x" * 201, 5])
+def test_acknowledged_by_follows_the_identifier_rules_and_is_never_null(value: Any) -> None:
+    data = {"alert_id": "a", "action": "ack", "acknowledged_by": value}
+    assert rejected_field(data) == "acknowledged_by"
+
+
 def test_explicit_trigger_without_group_is_rejected() -> None:
     assert rejected_field({"alert_id": "a", "message": "m", "action": "trigger"}) == "group"
 
@@ -138,14 +162,16 @@ def test_typo_of_a_known_field_is_rejected() -> None:
     assert rejected_field({**VALID, "dedup_window": 60}) == "dedup_window"
 
 
-@pytest.mark.parametrize(("field", "value"), [("action", "resolve"), ("mode", "sequential")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("action", "resolve"), ("action", "ack"), ("mode", "sequential")]
+)
 def test_enum_fields_accept_their_values(field: str, value: str) -> None:
     assert getattr(event(**{field: value}), field) == value
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("action", "ack"), ("action", "TRIGGER"), ("mode", "serial"), ("mode", "")],
+    [("action", "acknowledge"), ("action", "TRIGGER"), ("mode", "serial"), ("mode", "")],
 )
 def test_enum_fields_reject_other_values(field: str, value: str) -> None:
     assert rejected_field({**VALID, field: value}) == field
@@ -293,6 +319,12 @@ def test_json_schema_states_the_contract_rules() -> None:
     assert window["type"] == "integer"
     assert (window["minimum"], window["maximum"]) == (0, DEDUP_WINDOW_MAX_S)
     assert window["default"] == DEFAULT_DEDUP_WINDOW_S
-    assert props["action"]["enum"] == ["trigger", "resolve"]
+    assert props["action"]["enum"] == ["trigger", "resolve", "ack"]
+    # who acknowledged: a string (never null), only on an ack
+    assert props["acknowledged_by"]["type"] == "string"
+    assert "default" not in props["acknowledged_by"]
+    assert document["dependentSchemas"] == {
+        "acknowledged_by": {"properties": {"action": {"const": "ack"}}, "required": ["action"]}
+    }
     assert props["mode"]["enum"] == ["parallel", "sequential"]
     assert props["metadata"]["type"] == "object"

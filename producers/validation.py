@@ -1,0 +1,31 @@
+"""Events validated before anything is written: the same model, and the same words, as the
+worker's dead letters and the CLI's errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+
+from schema import AlertEvent, describe_errors
+
+
+class ValidationError(ValueError):
+    """An event that does not satisfy the contract; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    @classmethod
+    def from_pydantic(cls, exc: pydantic.ValidationError) -> ValidationError:
+        return cls(*describe_errors(exc)[0])
+
+
+def build_event(**fields: Any) -> AlertEvent:
+    """An :class:`AlertEvent` from keyword fields, or :class:`ValidationError`."""
+    try:
+        return AlertEvent.model_validate({k: v for k, v in fields.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        raise ValidationError.from_pydantic(exc) from None
