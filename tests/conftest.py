@@ -28,8 +28,10 @@ from tests.helpers import (
     FROM_NUMBER,
     REDIS_URL,
     TEST_REDIS_URL,
+    InProcessWeb,
     InProcessWorker,
     admin_sql,
+    free_port,
     with_database,
 )
 from worker.config import Settings, load_settings
@@ -147,6 +149,36 @@ def no_db_env(redis_url: str, prefix: str) -> dict[str, str]:
 @pytest.fixture
 def settings(env: dict[str, str]) -> Settings:
     return load_settings(env)
+
+
+@pytest.fixture
+def webhook_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with webhooks on: the web process on a free loopback port, and that port as
+    the public URL the fake Twilio calls back."""
+    port = free_port()
+    return {**env, "VOICEALERT_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "VOICEALERT_WEB_PORT": str(port)}
+
+
+@pytest.fixture
+def webhook_settings(webhook_env: dict[str, str]) -> Settings:
+    return load_settings(webhook_env)
+
+
+@pytest.fixture
+async def start_web() -> AsyncIterator[Any]:
+    """Serve the web application in process (``await start_web(settings)``); stopped after
+    the test."""
+    started: list[InProcessWeb] = []
+
+    async def start(settings: Settings) -> InProcessWeb:
+        server = await InProcessWeb(settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        await server.stop()
 
 
 @pytest.fixture

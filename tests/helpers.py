@@ -103,6 +103,29 @@ class InProcessWorker:
 
 
 
+class InProcessWeb:
+    """The real web application (``create_app``: webhooks included) served on a loopback port
+    in the test's event loop, so the fake Twilio can call it back."""
+
+    def __init__(self, settings: Settings) -> None:
+        from aiohttp import web
+
+        from worker.web import create_app
+
+        self.settings = settings
+        self.runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=1)
+
+    async def start(self) -> InProcessWeb:
+        from aiohttp import web
+
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.settings.web_port).start()
+        return self
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
 async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,
                      tenant: str = "default") -> None:
     members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]

@@ -44,12 +44,13 @@ from worker.keys import Keys
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
-from worker.outcomes import cancel_call, poll_call
+from worker.outcomes import cancel_call, poll_call, settle_call
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
     PLACE_CALL,
     POLL_CALL,
+    SETTLE_CALL,
     json_deserializer,
     json_serializer,
     parse_job_id,
@@ -185,6 +186,7 @@ class WorkerProcess:
                 _job(place_call, PLACE_CALL),
                 _job(poll_call, POLL_CALL),
                 _job(cancel_call, CANCEL_CALL),
+                _job(settle_call, SETTLE_CALL),
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,

@@ -30,6 +30,7 @@ from worker.models import (
 from worker.outcomes import after_status_change, record_provider_call, schedule_poll
 from worker.providers import (
     AmbiguousProviderError,
+    CallOptions,
     PermanentProviderError,
     ProviderCall,
     ProviderError,
@@ -38,6 +39,7 @@ from worker.providers import (
 from worker.retries import backoff_s
 from worker.services import Services
 from worker.twiml import alert_twiml
+from worker.webhook_urls import WebhookUrls
 
 log = get_logger(__name__)
 
@@ -119,7 +121,9 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
     bound.debug("call.dialing", to=call.phone, attempt=attempt)
     started = time.monotonic()
     try:
-        placed = await s.provider.create_call(to=call.phone, twiml=alert_twiml(call.message))
+        placed = await s.provider.create_call(
+            to=call.phone, twiml=call_twiml(s, call.id, [call.message]),
+            options=call_options(s, call.id))
     except PermanentProviderError as exc:
         await _fail_permanently(s, call, attempt, exc)
         return "failed"
@@ -137,6 +141,20 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
                to=call.phone, provider_ms=round((time.monotonic() - started) * 1000, 1))
     await record_provider_call(s, call, placed)
     return "placed"
+
+
+def call_twiml(s: Services, call_id: int, messages: list[str]) -> str:
+    """What the call says: the alerts, inside a Gather whose action is the web process when
+    it is public (press 1 to acknowledge), else said twice with nothing to press."""
+    urls = s.settings.webhook_urls
+    return alert_twiml(messages, speech=s.settings.speech,
+                       gather_action=urls.gather(call_id) if urls else None)
+
+
+def call_options(s: Services, call_id: int) -> CallOptions:
+    """Where the provider reports this call's progress (the web process, when public)."""
+    urls: WebhookUrls | None = s.settings.webhook_urls if s.settings.callbacks else None
+    return CallOptions(status_callback=urls.status(call_id) if urls else None)
 
 
 async def _retry_delay(s: Services, attempt: int) -> float:

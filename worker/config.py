@@ -27,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schema import normalize_phone
+from worker.twiml import INTRO, Speech
+from worker.webhook_urls import WebhookUrls
 
 # Read by scripts/services.py (which runs before the package is installed), not by Settings.
 _SCRIPT_VARIABLES = frozenset({"VOICEALERT_STATE_DIR", "VOICEALERT_SERVICES_FORCE_THROWAWAY"})
@@ -112,6 +114,12 @@ class Settings(BaseSettings):
     max_call_age_s: float = Field(default=1800.0, gt=0)
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)
+    # --- docs/contracts.md#calls-and-webhooks -------------------------------------------
+    speech_intro: str = Field(default=INTRO, min_length=1, max_length=500,
+                              pattern=r"^[^\x00-\x1F\x7F]+$")
+    speech_voice: str = Field(default="alice", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    speech_language: str = Field(default="en-US",
+                                 pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
     simulated_outcomes: str = "completed"
     simulated_ring_s: float = Field(default=1.0, ge=0)
     simulated_talk_s: float = Field(default=2.0, ge=0)
@@ -188,6 +196,29 @@ class Settings(BaseSettings):
     @property
     def provider_name(self) -> Literal["twilio", "simulated"]:
         return self.provider or "simulated"
+
+    @property
+    def webhook_urls(self) -> WebhookUrls | None:
+        """The URLs calls give Twilio for its webhooks, when the web process is public."""
+        return WebhookUrls(self.public_url) if self.public_url else None
+
+    @property
+    def callbacks(self) -> bool:
+        """Calls report their progress to the web process (Twilio and a public URL): polling
+        the provider is then only a slow safety net."""
+        return self.public_url is not None and self.provider_name == "twilio"
+
+    @property
+    def keypress_acknowledgement(self) -> bool:
+        """Calls ask the callee to press 1, and only that (or an ack event) acknowledges an
+        alert; without a public URL nobody could receive the digit, and a human answering
+        stands in for an acknowledgement."""
+        return self.public_url is not None
+
+    @property
+    def speech(self) -> Speech:
+        return Speech(intro=self.speech_intro.strip(), voice=self.speech_voice,
+                      language=self.speech_language)
 
 
 def check_public_url(url: str) -> str:

@@ -41,6 +41,7 @@ from worker.models import (
     Duplicate,
     DuplicateSpan,
     Group,
+    Keypress,
     LetterSummary,
     LiveCall,
     NewAlert,
@@ -355,6 +356,51 @@ async def acknowledge_alert(
     )
 
 
+async def acknowledge_call(conn: Connection, call_id: int) -> Keypress | None:
+    """The member on this call pressed 1: it is recorded on the call (and the rows merged
+    into it: one call, several alerts), and every alert spoken on it is acknowledged by that
+    member. None when there is no such call."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            """
+            UPDATE calls SET acknowledged_at = coalesce(acknowledged_at, now()),
+                             acknowledged_by = coalesce(acknowledged_by, member_name),
+                             updated_at = now()
+            WHERE id = $1 OR merged_into = $1
+            RETURNING id, alert, member_name
+            """,
+            call_id,
+        )
+        if not rows:
+            return None
+        member = next(r["member_name"] for r in rows if r["id"] == call_id)
+        alerts = sorted({r["alert"] for r in rows})
+        acknowledged = await conn.fetchval(
+            "SELECT count(*) FROM alerts WHERE id = ANY($1::bigint[]) AND status = ANY($2)",
+            alerts,
+            list(ACKNOWLEDGEABLE_ALERT_STATUSES),
+        )
+        to_cancel = await _stop_alerts(
+            conn, status=AlertStatus.ACKNOWLEDGED, applies_to=ACKNOWLEDGEABLE_ALERT_STATUSES,
+            alert_pks=alerts, by=member, reason="alert acknowledged before the call was placed",
+            source=StatusSource.CANCEL,
+        )
+    return Keypress(member_name=member, acknowledged=int(acknowledged), to_cancel=to_cancel)
+
+
+async def line_messages(db: Executor, call_id: int) -> list[str]:
+    """The messages a call speaks: its own alert's, then those of the calls merged into it."""
+    rows = await db.fetch(
+        """
+        SELECT a.message FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE c.id = $1 OR c.merged_into = $1
+        ORDER BY c.id <> $1, c.id
+        """,
+        call_id,
+    )
+    return [r["message"] for r in rows]
+
+
 async def get_call(db: Executor, call_id: int) -> CallJob | None:
     row = await db.fetchrow(
         """
@@ -440,7 +486,8 @@ async def count_possible_duplicate(db: Executor, call_id: int) -> None:
 
 async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
     """Move a call forward to ``update.status``; never backward, never out of a terminal
-    status. Returns True when the row changed."""
+    status. The rows merged into it share its provider call and move with it. Returns True
+    when a row changed."""
     result = await db.execute(
         """
         WITH advanced AS (
@@ -453,11 +500,12 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
                 error_message = coalesce($7, error_message),
                 updated_at = now(),
                 ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
-            WHERE id = $1 AND call_status_rank(status) < call_status_rank($2)
+            WHERE (id = $1 OR merged_into = $1)
+              AND call_status_rank(status) < call_status_rank($2)
             RETURNING id, status
         )
         INSERT INTO call_events (call, status, source, detail)
-        SELECT id, status, $8, $9 FROM advanced
+        SELECT id, status, $8, $9 FROM advanced ORDER BY id
         """,
         call_id,
         update.status,
@@ -469,7 +517,7 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
         update.source,
         _detail(update.error_code, update.error_message),
     )
-    return bool(result == "INSERT 0 1")
+    return int(result.split()[-1]) > 0
 
 
 def _detail(error_code: int | None, error_message: str | None) -> str | None:
@@ -477,6 +525,41 @@ def _detail(error_code: int | None, error_message: str | None) -> str | None:
     if error_code is None:
         return error_message
     return f"{error_code}: {error_message}" if error_message else str(error_code)
+
+
+async def apply_callback(
+    conn: Connection, call_id: int, update: CallUpdate, sequence: int | None
+) -> bool | None:
+    """A status callback about a call (and the rows merged into it): its sid, answered-by and
+    duration are kept, its status moves forward. None when there is no such call; False when
+    nothing changed: a duplicate, or older than a callback applied already (by
+    ``SequenceNumber``; the status could not move back anyway: rank only rises)."""
+    async with conn.transaction():
+        seen = await conn.fetchrow(
+            "SELECT callback_sequence FROM calls WHERE id = $1 FOR UPDATE", call_id
+        )
+        if seen is None:
+            return None
+        last = seen["callback_sequence"]
+        if sequence is not None and last is not None and sequence <= last:
+            return False
+        await conn.execute(
+            """
+            UPDATE calls SET
+                callback_sequence = greatest(callback_sequence, $2),
+                provider_sid = coalesce(provider_sid, $3),
+                answered_by = coalesce($4, answered_by),
+                duration_s = coalesce($5, duration_s),
+                updated_at = now()
+            WHERE id = $1 OR merged_into = $1
+            """,
+            call_id,
+            sequence,
+            update.provider_sid,
+            update.answered_by,
+            update.duration_s,
+        )
+        return await advance_call(conn, call_id, update)
 
 
 async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
@@ -499,7 +582,8 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
                count(c.id) FILTER (WHERE c.status = $3) AS failed,
                (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = $4
                  ORDER BY p.position LIMIT 1) AS next_pending,
-               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active
+               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
+               count(c.id) FILTER (WHERE c.status = $5) AS on_the_line
         FROM alerts a LEFT JOIN calls c ON c.alert = a.id
         WHERE a.id = $1
         GROUP BY a.id
@@ -508,6 +592,7 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
         list(ANSWERED_CALL_STATUSES),
         CallStatus.FAILED,
         CallStatus.PENDING,
+        CallStatus.IN_PROGRESS,
     )
     if row is None:
         return None
@@ -520,6 +605,7 @@ async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
         answered=row["answered"],
         failed=row["failed"],
         next_pending=row["next_pending"] if row["active"] == 0 else None,
+        on_the_line=row["on_the_line"],
     )
 
 

@@ -37,7 +37,7 @@ from worker.keys import Keys
 from worker.migrate import MigrationError, load_migrations
 from worker.models import LetterSummary
 from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
-from worker.queue import JOB_KINDS
+from worker.queue import JOB_KINDS, function_of_kind
 
 # --- thresholds of "degraded" (docs/operations.md#status) ----------------------------------
 
@@ -423,14 +423,29 @@ async def job_counts(client: redis.asyncio.Redis, keys: Keys) -> dict[str, JobCo
     for i in range(1, len(raw), 6):
         kind = _text(raw[i])
         waiting, running, deferred, oldest, latest = (int(v) for v in raw[i + 1:i + 6])
-        counts[JOB_KINDS.get(kind, kind)] = JobCounts(
+        function = function_of_kind(kind) or kind
+        previous = counts.get(function, JobCounts())  # settle-<status> kinds share a function
+        counts[function] = _add(previous, JobCounts(
             waiting=waiting,
             running=running,
             deferred=deferred,
             oldest_wait_s=(now_ms - oldest) / 1000 if oldest >= 0 else None,
             last_due_in_s=(latest - now_ms) / 1000 if latest >= 0 else None,
-        )
+        ))
     return counts
+
+
+def _add(a: JobCounts, b: JobCounts) -> JobCounts:
+    def pick(x: float | None, y: float | None, best: Any) -> float | None:
+        present = [v for v in (x, y) if v is not None]
+        return best(present) if present else None
+
+    return JobCounts(
+        waiting=a.waiting + b.waiting, running=a.running + b.running,
+        deferred=a.deferred + b.deferred,
+        oldest_wait_s=pick(a.oldest_wait_s, b.oldest_wait_s, max),
+        last_due_in_s=pick(a.last_due_in_s, b.last_due_in_s, max),
+    )
 
 
 async def rate_schedule(

@@ -165,6 +165,16 @@ class LiveCall:
 
 
 @dataclass(frozen=True)
+class Keypress:
+    """What pressing 1 on a call did: the member who pressed, the alerts it acknowledged
+    (those still open), and the other calls of those alerts to hang up at the provider."""
+
+    member_name: str
+    acknowledged: int
+    to_cancel: list[LiveCall]
+
+
+@dataclass(frozen=True)
 class CallJob:
     """A call with what placing it needs from its alert."""
 
@@ -220,6 +230,7 @@ class AlertProgress:
     answered: int
     failed: int
     next_pending: int | None
+    on_the_line: int = 0  # calls answered and not ended
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,12 @@
 """Outcomes: following a placed call to its end, and what its end means for the alert.
 
-Until the web process receives status callbacks, each placed call is followed by a
-``poll_call`` job that runs again at the cadence of ``poll_delay_s`` (a fresh job each
-round, ``worker.jobs.run_again_in``), bounded by the ring timeout plus a margin while
-unanswered (and by a maximum call duration once answered). Status updates are
+Two ways to learn a call's progress. With webhooks (``VOICEALERT_PUBLIC_URL`` and Twilio),
+the provider reports it to the web process (worker/webhooks.py), which records it and queues
+a ``settle_call`` job here; a ``poll_call`` job still runs, rarely (every ring timeout +
+margin), as a safety net for callbacks that never come. Without webhooks, ``poll_call`` runs
+again at the cadence of ``poll_delay_s`` (a fresh job each round,
+``worker.jobs.run_again_in``). Either way polling is bounded by the ring timeout plus a
+margin while unanswered (and by a maximum call duration once answered). Status updates are
 monotonic (``db.advance_call``). When a call's status changes, the alert's status is
 recomputed and a sequential alert moves on to its next member.
 """
@@ -21,6 +24,7 @@ from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     TERMINAL_CALL_STATUSES,
     UNANSWERED_CALL_STATUSES,
+    AlertProgress,
     AlertStatus,
     CallJob,
     CallStatus,
@@ -44,7 +48,20 @@ def poll_delay_s(since_attempt_s: float) -> float:
     return min(POLL_MAX_S, max(POLL_FIRST_S, since_attempt_s / 4))
 
 
-async def schedule_poll(s: Services, call_id: int, delay_s: float = POLL_FIRST_S) -> None:
+def safety_poll_s(s: Services) -> float:
+    """With callbacks, how long between two polls of a call: by the ring timeout plus the
+    margin an unanswered call must have ended, so one poll settles a lost callback."""
+    return s.settings.ring_timeout_s + s.settings.poll_margin_s
+
+
+def _next_poll_s(s: Services, since_attempt_s: float) -> float:
+    return safety_poll_s(s) if s.settings.callbacks else poll_delay_s(since_attempt_s)
+
+
+async def schedule_poll(s: Services, call_id: int, delay_s: float | None = None) -> None:
+    """Follow a placed call: soon and often without callbacks, rarely with them."""
+    if delay_s is None:
+        delay_s = safety_poll_s(s) if s.settings.callbacks else POLL_FIRST_S
     await s.schedule(POLL_CALL, "poll", call_id, delay_s)
 
 
@@ -84,33 +101,66 @@ async def apply_status(
 
 
 async def after_status_change(s: Services, alert_pk: int) -> None:
-    """Recompute the alert's status; in sequential mode, ring the next member or stop."""
+    """Recompute the alert's status; in sequential mode, ring the next member or stop.
+
+    Without keypress acknowledgement a human answering stands in for it: the alert is
+    ``answered`` and a sequential alert stops. With it, only a 1 (or an ack event) stops the
+    calling: an answer without one moves a sequential alert on like a missed call."""
     progress = await db.alert_progress(s.db, alert_pk)
     if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
-    if progress.answered:
+    keypress = s.settings.keypress_acknowledgement
+    if progress.answered and not keypress:
         if progress.mode == "sequential":
             metrics.calls_canceled(await db.cancel_pending_calls(
                 s.db, alert_pk, "answered by an earlier member", StatusSource.WORKER))
         if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
+    if keypress and progress.on_the_line and await db.set_alert_status(
+            s.db, alert_pk, AlertStatus.ANSWERED):
+        log.info("alert.answered", alert=alert_pk)
     if progress.mode == "sequential" and progress.next_pending is not None:
         await s.schedule_calls([progress.next_pending])
         log.info("alert.escalated", alert=alert_pk, next_call=progress.next_pending)
         return
     if progress.open == 0:
-        if progress.failed == progress.total:
-            if await db.set_alert_status(s.db, alert_pk, AlertStatus.FAILED):
-                log.warning("alert.failed", alert=alert_pk, calls=progress.total)
-        elif await db.set_alert_status(s.db, alert_pk, AlertStatus.UNANSWERED):
-            log.warning("alert.unanswered", alert=alert_pk, calls=progress.total)
+        await _calling_ended(s, progress, keypress)
+
+
+async def _calling_ended(s: Services, progress: AlertProgress, keypress: bool) -> None:
+    """Every call ended and nobody acknowledged (nor, without keypresses, answered)."""
+    alert_pk = progress.id
+    if progress.failed == progress.total:
+        if await db.set_alert_status(s.db, alert_pk, AlertStatus.FAILED):
+            log.warning("alert.failed", alert=alert_pk, calls=progress.total)
+    elif keypress:
+        if await db.set_alert_status(s.db, alert_pk, AlertStatus.UNACKNOWLEDGED):
+            log.error("alert.unacknowledged", alert=alert_pk, calls=progress.total)
+    elif await db.set_alert_status(s.db, alert_pk, AlertStatus.UNANSWERED):
+        log.warning("alert.unanswered", alert=alert_pk, calls=progress.total)
+
+
+async def settle_call(ctx: dict[str, Any], call_id: int) -> str:
+    """A status callback moved the call (the web process recorded it): what that means for
+    its alert, decided here, with every other decision about calls."""
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    if call is None:
+        return "missing"
+    await after_status_change(s, call.alert)
+    return "settled"
 
 
 async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
-    if call is None or call.status in TERMINAL_CALL_STATUSES or call.provider_sid is None:
+    if call is not None and call.status in TERMINAL_CALL_STATUSES:
+        # Ended (a callback, or a run of this job stopped before deciding): decide again,
+        # which is idempotent, in case the decision was lost.
+        await after_status_change(s, call.alert)
+        return "ended"
+    if call is None or call.provider_sid is None:
         return "nothing-to-follow"
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     started = call.attempt_started_at or call.created_at
@@ -122,11 +172,15 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         return "lost"
     except ProviderError as exc:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
-        run_again_in(ctx, poll_delay_s(age.total_seconds()))
+        run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
         return "poll-failed"
     await apply_status(s, call, observed, StatusSource.POLL)
     if observed.status in TERMINAL_CALL_STATUSES:
         return observed.status
+    if call.alert_status in CALLING_STOPPED_ALERT_STATUSES and (
+            observed.status in UNANSWERED_CALL_STATUSES):
+        # Resolved or acknowledged, and its cancel job was lost: hang it up now.
+        await cancel_at_provider(s, call, call.provider_sid, StatusSource.CANCEL)
     limit = (
         s.settings.ring_timeout_s + s.settings.poll_margin_s
         if observed.status in UNANSWERED_CALL_STATUSES
@@ -136,7 +190,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         await cancel_at_provider(s, call, call.provider_sid, StatusSource.POLL)
         await _end_unknown(s, call, f"no final status from the provider within {limit:.0f}s")
         return "timed-out"
-    run_again_in(ctx, poll_delay_s(age.total_seconds()))
+    run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
     return "following"
 
 

@@ -22,6 +22,18 @@ class ProviderCall:
     answered_by: str | None = None
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """What a call asks of the provider beyond number and TwiML: where to report its
+    progress (``status_callback``, every event, POST)."""
+
+    status_callback: str | None = None
+
+
+#: A call with no options: followed by polling only.
+NO_OPTIONS = CallOptions()
+
+
 class ProviderError(Exception):
     """Base of provider failures; subclasses say what may be done next."""
 
@@ -50,7 +62,9 @@ class CallProvider(Protocol):
 
     name: str
 
-    async def create_call(self, *, to: str, twiml: str) -> ProviderCall: ...
+    async def create_call(
+        self, *, to: str, twiml: str, options: CallOptions = NO_OPTIONS
+    ) -> ProviderCall: ...
 
     async def fetch_call(self, sid: str) -> ProviderCall: ...
 

@@ -20,6 +20,7 @@ from arq.jobs import serialize_job
 PLACE_CALL = "place_call"
 POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
+SETTLE_CALL = "settle_call"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:
@@ -39,16 +40,22 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
     return f"{prefix}{kind}:{call_id}"
 
 
-#: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs.
-JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL}
+#: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs; a settle
+#: job's kind names the status it settles (``settle-completed``).
+JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL}
+
+
+def function_of_kind(kind: str) -> str | None:
+    return JOB_KINDS.get(kind.partition("-")[0])
 
 
 def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
     """``(function, call id)`` of one of our job ids, or None."""
     kind, _, call = value.removeprefix(prefix).partition(":")
-    if not value.startswith(prefix) or kind not in JOB_KINDS or not call.isdigit():
+    function = function_of_kind(kind)
+    if not value.startswith(prefix) or function is None or not call.isdigit():
         return None
-    return JOB_KINDS[kind], int(call)
+    return function, int(call)
 
 
 @dataclass(frozen=True)

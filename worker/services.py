@@ -39,6 +39,21 @@ async def schedule_calls(
     return await enqueue_many(redis, keys.queue, jobs, expires_ms=job_expiry_ms(settings))
 
 
+async def schedule_job(
+    redis: ArqRedis, settings: Settings, function: str, kind: str, call_id: int,
+    delay_s: float = 0,
+) -> int:
+    """Enqueue a follow-up job about a call (poll, cancel, settle), not rate limited; a job
+    of the same kind for the same call already queued or running is not queued again.
+    Used by the worker and by the web process's webhooks alike."""
+    prefix = Keys(settings.redis_prefix).prefix
+    run_at = int((time.time() + delay_s) * 1000)
+    job = ScheduledJob(function, job_id(prefix, kind, call_id), (call_id,), run_at)
+    return await enqueue_many(
+        redis, Keys(settings.redis_prefix).queue, [job], expires_ms=job_expiry_ms(settings)
+    )
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -53,9 +68,5 @@ class Services:
         return await schedule_calls(self.redis, self.settings, call_ids, self.limiter)
 
     async def schedule(self, function: str, kind: str, call_id: int, delay_s: float = 0) -> int:
-        """Enqueue a follow-up job for a call (poll, cancel), not rate limited."""
-        run_at = int((time.time() + delay_s) * 1000)
-        job = ScheduledJob(function, job_id(self.keys.prefix, kind, call_id), (call_id,), run_at)
-        return await enqueue_many(
-            self.redis, self.keys.queue, [job], expires_ms=job_expiry_ms(self.settings)
-        )
+        """Enqueue a follow-up job for a call (poll, cancel, settle), not rate limited."""
+        return await schedule_job(self.redis, self.settings, function, kind, call_id, delay_s)

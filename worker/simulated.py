@@ -19,7 +19,7 @@ import redis.asyncio
 from worker.keys import Keys
 from worker.logs import get_logger
 from worker.models import UNANSWERED_CALL_STATUSES, CallStatus
-from worker.providers import PermanentProviderError, ProviderCall
+from worker.providers import NO_OPTIONS, CallOptions, PermanentProviderError, ProviderCall
 
 OUTCOMES = frozenset({CallStatus.COMPLETED, CallStatus.NO_ANSWER, CallStatus.BUSY,
                       CallStatus.FAILED})
@@ -54,7 +54,9 @@ class SimulatedProvider:
         self._ring_s = ring_s
         self._talk_s = talk_s
 
-    async def create_call(self, *, to: str, twiml: str) -> ProviderCall:
+    async def create_call(
+        self, *, to: str, twiml: str, options: CallOptions = NO_OPTIONS
+    ) -> ProviderCall:
         sid = "SIM" + uuid.uuid4().hex
         now = time.time()
         outcome = self._outcomes.get(to, self._outcomes["*"])

@@ -20,7 +20,9 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from worker.providers import (
+    NO_OPTIONS,
     AmbiguousProviderError,
+    CallOptions,
     PermanentProviderError,
     ProviderCall,
     ProviderError,
@@ -81,7 +83,6 @@ class TwilioProvider:
         base_url: str,
         timeout_s: float,
         ring_timeout_s: int,
-        status_callback: str | None = None,
     ) -> None:
         # Built inside the running loop: aiohttp sessions belong to one loop.
         self._http = AsyncTwilioHttpClient(timeout=timeout_s)
@@ -96,7 +97,6 @@ class TwilioProvider:
         self._from = from_number
         self._timeout_s = timeout_s
         self._ring_timeout_s = ring_timeout_s
-        self._status_callback = status_callback
 
     async def _request(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -104,15 +104,18 @@ class TwilioProvider:
         except Exception as exc:
             raise classify(exc) from exc
 
-    async def create_call(self, *, to: str, twiml: str) -> ProviderCall:
+    async def create_call(
+        self, *, to: str, twiml: str, options: CallOptions = NO_OPTIONS
+    ) -> ProviderCall:
         kwargs: dict[str, Any] = {
             "to": to,
             "from_": self._from,
             "twiml": twiml,
             "timeout": self._ring_timeout_s,
         }
-        if self._status_callback:
-            kwargs["status_callback"] = self._status_callback
+        if options.status_callback:
+            kwargs["status_callback"] = options.status_callback
+            kwargs["status_callback_method"] = "POST"
             kwargs["status_callback_event"] = ["initiated", "ringing", "answered", "completed"]
         return _to_call(await self._request(self._calls.create_async(**kwargs)))
 

@@ -44,10 +44,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from arq.connections import ArqRedis
 
-from worker import api, db
+from worker import api, db, webhooks
 from worker.config import Settings, redact_url
 from worker.health import migrations_pending
 from worker.logs import get_logger
+from worker.metrics_http import start_metrics_server
 from worker.queue import json_deserializer, json_serializer
 from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS, error_response
 
@@ -65,7 +66,7 @@ REDIS_COMMAND_TIMEOUT_S = 5.0
 
 AddRoutes = Callable[[web.Application], None]
 #: Each feature module's ``add_routes``, called by create_app.
-FEATURES: tuple[AddRoutes, ...] = (api.add_routes,)
+FEATURES: tuple[AddRoutes, ...] = (api.add_routes, webhooks.add_routes)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -87,9 +88,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = open_redis(settings)
     # min_size 0: no connection at start, so the process starts while Postgres is down.
     app[DB] = await db.create_pool(settings.database_url, min_size=0, max_size=10)
+    metrics_server = await start_metrics_server(settings, app[REDIS], app[DB])
     try:
         yield
     finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
         await app[DB].close()
         await app[REDIS].aclose(close_connection_pool=True)
 

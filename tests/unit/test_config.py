@@ -295,3 +295,37 @@ def test_public_url_that_twilio_could_not_call_safely_fails_with_one_line(url: s
     line = config_error({"VOICEALERT_PUBLIC_URL": url})
     assert line.startswith("invalid VOICEALERT_PUBLIC_URL: ")
     assert "secret" not in line
+
+
+# --- speech and webhooks -------------------------------------------------------------------------
+
+
+def test_speech_settings_default_to_todays_wording_and_can_be_changed() -> None:
+    assert load_settings({}).speech.intro == "This is an alert from voice alert."
+    speech = load_settings({"VOICEALERT_SPEECH_INTRO": "Achtung, eine Meldung.",
+                            "VOICEALERT_SPEECH_VOICE": "Polly.Marlene",
+                            "VOICEALERT_SPEECH_LANGUAGE": "de-DE"}).speech
+    assert (speech.intro, speech.voice, speech.language) == (
+        "Achtung, eine Meldung.", "Polly.Marlene", "de-DE")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("VOICEALERT_SPEECH_INTRO", "two\nlines"),
+    ("VOICEALERT_SPEECH_INTRO", "x" * 501),
+    ("VOICEALERT_SPEECH_VOICE", "alice<Dial>"),
+    ("VOICEALERT_SPEECH_LANGUAGE", "english please"),
+])
+def test_bad_speech_settings_fail_with_one_line(name: str, value: str) -> None:
+    assert config_error({name: value}).startswith(f"invalid {name}: ")
+
+
+def test_webhooks_need_a_public_url_and_callbacks_need_twilio() -> None:
+    assert load_settings({}).webhook_urls is None
+    assert not load_settings({}).keypress_acknowledgement
+    simulated = load_settings({"VOICEALERT_PUBLIC_URL": "https://alerts.example.com"})
+    assert simulated.keypress_acknowledgement
+    assert not simulated.callbacks
+    twilio = load_settings({**TWILIO, "VOICEALERT_PUBLIC_URL": "https://alerts.example.com/va"})
+    assert twilio.callbacks
+    assert twilio.webhook_urls is not None
+    assert twilio.webhook_urls.gather(7) == "https://alerts.example.com/va/twilio/gather?call=7"
