@@ -44,10 +44,11 @@ from worker.keys import Keys
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
-from worker.outcomes import cancel_call, poll_call, settle_call
+from worker.outcomes import cancel_call, check_answer, poll_call, settle_call
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
+    CHECK_ANSWER,
     PLACE_CALL,
     POLL_CALL,
     SETTLE_CALL,
@@ -187,6 +188,7 @@ class WorkerProcess:
                 _job(poll_call, POLL_CALL),
                 _job(cancel_call, CANCEL_CALL),
                 _job(settle_call, SETTLE_CALL),
+                _job(check_answer, CHECK_ANSWER),
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,

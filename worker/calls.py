@@ -152,9 +152,16 @@ def call_twiml(s: Services, call_id: int, messages: list[str]) -> str:
 
 
 def call_options(s: Services, call_id: int) -> CallOptions:
-    """Where the provider reports this call's progress (the web process, when public)."""
+    """Where the provider reports this call's progress (the web process, when public), and
+    answering machine detection: asynchronous when its verdict can be posted to the web
+    process, else holding the message until it has decided."""
     urls: WebhookUrls | None = s.settings.webhook_urls if s.settings.callbacks else None
-    return CallOptions(status_callback=urls.status(call_id) if urls else None)
+    detection = s.settings.detection
+    return CallOptions(
+        status_callback=urls.status(call_id) if urls else None,
+        machine_detection=detection,
+        amd_callback=urls.amd(call_id) if urls and detection else None,
+    )
 
 
 async def _retry_delay(s: Services, attempt: int) -> float:

@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     speech_voice: str = Field(default="alice", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     speech_language: str = Field(default="en-US",
                                  pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
+    machine_detection: Literal["Enable", "DetectMessageEnd", "off"] = "Enable"
+    voicemail: bool = False
     simulated_outcomes: str = "completed"
     simulated_ring_s: float = Field(default=1.0, ge=0)
     simulated_talk_s: float = Field(default=2.0, ge=0)
@@ -214,6 +216,11 @@ class Settings(BaseSettings):
         alert; without a public URL nobody could receive the digit, and a human answering
         stands in for an acknowledgement."""
         return self.public_url is not None
+
+    @property
+    def detection(self) -> str | None:
+        """The MachineDetection mode calls ask for, or None when it is off."""
+        return None if self.machine_detection == "off" else self.machine_detection
 
     @property
     def speech(self) -> Speech:

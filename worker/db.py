@@ -22,6 +22,8 @@ from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
     CALLING_STOPPED_ALERT_STATUSES,
+    HUMAN,
+    MACHINE_ANSWERS,
     OPEN_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
@@ -406,7 +408,8 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
         """
         SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
                c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
-               a.message, a.mode, a.status AS alert_status, a.received_at, a.stream_id
+               a.message, a.mode, a.status AS alert_status, a.received_at, c.answered_by,
+               c.acknowledged_at, a.stream_id
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE c.id = $1
         """,
@@ -562,6 +565,24 @@ async def apply_callback(
         return await advance_call(conn, call_id, update)
 
 
+async def record_answered_by(
+    db: Executor, call_id: int, answered_by: str, sid: str | None = None
+) -> bool:
+    """Who picked up, as detection reported it (on the call and the rows merged into it).
+    True only the first time: what to do about a machine is decided once."""
+    result = await db.execute(
+        """
+        UPDATE calls SET answered_by = $2, provider_sid = coalesce(provider_sid, $3),
+                         updated_at = now()
+        WHERE (id = $1 OR merged_into = $1) AND answered_by IS NULL
+        """,
+        call_id,
+        answered_by,
+        sid,
+    )
+    return int(result.split()[-1]) > 0
+
+
 async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
     """Attach the provider's sid even when the status does not move (callback came first)."""
     await db.execute(
@@ -572,27 +593,41 @@ async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
     )
 
 
-async def alert_progress(db: Executor, alert_pk: int) -> AlertProgress | None:
+async def alert_progress(
+    db: Executor, alert_pk: int, *, detection: bool = False
+) -> AlertProgress | None:
+    """Where the alert's calls stand. ``answered`` counts people: a call answered by a
+    machine (or one detection could not tell, ``unknown``) is not an answer, and while
+    ``detection`` is on, an answered call is not one before detection said ``human``."""
     row = await db.fetchrow(
         """
         SELECT a.id, a.mode, a.status,
                count(c.id) AS total,
                count(c.id) FILTER (WHERE call_status_rank(c.status) < 5) AS open,
-               count(c.id) FILTER (WHERE c.status = ANY($2::text[])) AS answered,
+               count(c.id) FILTER (WHERE
+                   (c.status = $2 AND coalesce(c.answered_by, $6) = $6)
+                   OR (c.status = $5 AND (c.answered_by = $6
+                                          OR (c.answered_by IS NULL AND NOT $7)))
+               ) AS answered,
                count(c.id) FILTER (WHERE c.status = $3) AS failed,
                (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = $4
                  ORDER BY p.position LIMIT 1) AS next_pending,
                count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
-               count(c.id) FILTER (WHERE c.status = $5) AS on_the_line
+               count(c.id) FILTER (WHERE c.status = $5
+                                     AND NOT coalesce(c.answered_by = ANY($8), false))
+                   AS on_the_line
         FROM alerts a LEFT JOIN calls c ON c.alert = a.id
         WHERE a.id = $1
         GROUP BY a.id
         """,
         alert_pk,
-        list(ANSWERED_CALL_STATUSES),
+        CallStatus.COMPLETED,
         CallStatus.FAILED,
         CallStatus.PENDING,
         CallStatus.IN_PROGRESS,
+        HUMAN,
+        detection,
+        list(MACHINE_ANSWERS),
     )
     if row is None:
         return None
@@ -899,15 +934,17 @@ async def list_alerts(
 
 
 async def alert_call_counts(db: Executor, alert_pks: Sequence[int]) -> dict[int, tuple[int, int]]:
-    """Alert row id → (calls, calls answered), for ``alerts list``."""
+    """Alert row id → (calls, calls a person answered: not a machine), for ``alerts list``."""
     rows = await db.fetch(
         """
         SELECT alert, count(*) AS calls,
-               count(*) FILTER (WHERE status = ANY($2::text[])) AS answered
+               count(*) FILTER (WHERE status = ANY($2::text[])
+                                  AND coalesce(answered_by, $3) = $3) AS answered
         FROM calls WHERE alert = ANY($1::bigint[]) GROUP BY alert
         """,
         list(alert_pks),
         list(ANSWERED_CALL_STATUSES),
+        HUMAN,
     )
     return {r["alert"]: (r["calls"], r["answered"]) for r in rows}
 

@@ -44,6 +44,12 @@ TERMINAL_CALL_STATUSES = frozenset({
 ANSWERED_CALL_STATUSES = frozenset({CallStatus.IN_PROGRESS, CallStatus.COMPLETED})
 #: The provider has the call and it has not ended.
 LIVE_PROVIDER_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING, CallStatus.IN_PROGRESS})
+#: What answering machine detection reports for a person (Twilio's AnsweredBy).
+HUMAN = "human"
+#: What answering machine detection reports when no person picked up (Twilio's AnsweredBy).
+MACHINE_ANSWERS = frozenset({
+    "machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax",
+})
 #: At the provider and not answered yet: a resolve cancels these there.
 UNANSWERED_CALL_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING})
 
@@ -194,6 +200,8 @@ class CallJob:
     mode: str
     alert_status: AlertStatus
     received_at: datetime
+    answered_by: str | None = None
+    acknowledged_at: datetime | None = None
     stream_id: str | None = None  # the entry that created the alert (its id is the XADD time)
 
 

@@ -22,6 +22,7 @@ from worker.jobs import run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
+    MACHINE_ANSWERS,
     TERMINAL_CALL_STATUSES,
     UNANSWERED_CALL_STATUSES,
     AlertProgress,
@@ -32,8 +33,9 @@ from worker.models import (
     StatusSource,
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
-from worker.queue import POLL_CALL
+from worker.queue import CANCEL_CALL, POLL_CALL
 from worker.services import Services
+from worker.twiml import voicemail_twiml
 
 log = get_logger(__name__)
 
@@ -81,6 +83,11 @@ async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall)
 async def apply_status(
     s: Services, call: CallJob, observed: ProviderCall, source: StatusSource
 ) -> bool:
+    """The provider's word about a call: a keypress it reports, who answered, the status."""
+    if observed.digits == "1" and call.acknowledged_at is None:
+        await acknowledge_from_provider(s, call)
+    learned = bool(observed.answered_by) and await db.record_answered_by(
+        s.db, call.id, observed.answered_by or "", observed.sid)
     # The provider's word, in our vocabulary (an unknown status raises here, before any write).
     changed = await db.advance_call(s.db, call.id, CallUpdate(
         status=CallStatus(observed.status),
@@ -96,8 +103,57 @@ async def apply_status(
                 call=call.id, alert=call.alert, alert_id=call.alert_id, sid=observed.sid,
                 status=observed.status, duration_s=observed.duration_s,
                 answered_by=observed.answered_by)
+    if changed or learned:
         await after_status_change(s, call.alert)
+    if learned and observed.status == CallStatus.IN_PROGRESS and (
+            observed.answered_by in MACHINE_ANSWERS):
+        await answer_machine(s, call, observed.sid)
     return changed
+
+
+async def acknowledge_from_provider(s: Services, call: CallJob) -> None:
+    """The provider reported a 1 pressed on the call (the simulated provider's ``press-1``;
+    Twilio posts it to the web process instead): the same as the Gather's keypress."""
+    async with s.db.acquire() as conn:
+        keypress = await db.acknowledge_call(conn, call.id)
+    if keypress is None:
+        return
+    for live in keypress.to_cancel:
+        await s.schedule(CANCEL_CALL, "cancel", live.id)
+    log.info("call.acknowledged", call=call.id, alert=call.alert, member=keypress.member_name,
+             alerts=keypress.acknowledged, calls_to_cancel=len(keypress.to_cancel))
+
+
+async def answer_machine(s: Services, call: CallJob, sid: str) -> None:
+    """An answering machine picked up (not an answer): leave it a short voicemail when
+    ``VOICEALERT_VOICEMAIL`` says so, else hang up, so the call ends and the alert moves
+    on at once."""
+    try:
+        if s.settings.voicemail:
+            messages = await db.line_messages(s.db, call.id)
+            await s.provider.speak(sid, voicemail_twiml(messages, s.settings.speech))
+            log.info("call.voicemail_left", call=call.id, alert=call.alert, sid=sid)
+        else:
+            await s.provider.hang_up(sid)
+            log.info("call.machine_hung_up", call=call.id, alert=call.alert, sid=sid)
+    except ProviderError as exc:
+        log.warning("call.machine_not_handled", call=call.id, sid=sid, error=str(exc))
+
+
+async def check_answer(ctx: dict[str, Any], call_id: int) -> str:
+    """Detection told the web process who answered (asynchronously, while the call goes on):
+    what it means for the alert, and a machine is dealt with."""
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    if call is None:
+        return "missing"
+    await after_status_change(s, call.alert)
+    live = call.status not in TERMINAL_CALL_STATUSES and call.provider_sid is not None
+    if live and call.answered_by in MACHINE_ANSWERS:
+        assert call.provider_sid is not None
+        await answer_machine(s, call, call.provider_sid)
+        return "machine"
+    return "settled"
 
 
 async def after_status_change(s: Services, alert_pk: int) -> None:
@@ -106,7 +162,8 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
     Without keypress acknowledgement a human answering stands in for it: the alert is
     ``answered`` and a sequential alert stops. With it, only a 1 (or an ack event) stops the
     calling: an answer without one moves a sequential alert on like a missed call."""
-    progress = await db.alert_progress(s.db, alert_pk)
+    progress = await db.alert_progress(s.db, alert_pk,
+                                       detection=s.settings.detection is not None)
     if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
     keypress = s.settings.keypress_acknowledgement

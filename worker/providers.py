@@ -20,14 +20,22 @@ class ProviderCall:
     created_at: datetime | None = None
     duration_s: int | None = None
     answered_by: str | None = None
+    # The key pressed, as the simulated provider reports it (Twilio posts it to the
+    # Gather's action instead: worker/webhooks.py).
+    digits: str | None = None
 
 
 @dataclass(frozen=True)
 class CallOptions:
     """What a call asks of the provider beyond number and TwiML: where to report its
-    progress (``status_callback``, every event, POST)."""
+    progress (``status_callback``, every event, POST), answering machine detection
+    (``machine_detection``: Enable or DetectMessageEnd), and where to report its result
+    while the call goes on (``amd_callback``; without it, detection holds the TwiML until it
+    has decided)."""
 
     status_callback: str | None = None
+    machine_detection: str | None = None
+    amd_callback: str | None = None
 
 
 #: A call with no options: followed by polling only.
@@ -73,5 +81,13 @@ class CallProvider(Protocol):
         ...
 
     async def cancel_call(self, sid: str) -> ProviderCall: ...
+
+    async def hang_up(self, sid: str) -> ProviderCall:
+        """End a call, answered or not (an answering machine that is not to hear more)."""
+        ...
+
+    async def speak(self, sid: str, twiml: str) -> ProviderCall:
+        """Replace what an answered call plays (a voicemail for an answering machine)."""
+        ...
 
     async def aclose(self) -> None: ...

@@ -21,6 +21,7 @@ PLACE_CALL = "place_call"
 POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
 SETTLE_CALL = "settle_call"
+CHECK_ANSWER = "check_answer"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:
@@ -42,7 +43,8 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
 
 #: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs; a settle
 #: job's kind names the status it settles (``settle-completed``).
-JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL}
+JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL,
+             "answer": CHECK_ANSWER}
 
 
 def function_of_kind(kind: str) -> str | None:

@@ -4,8 +4,12 @@ It places no real call. Each "call" is a small Redis hash (so any replica can fo
 whose status is derived from the clock: queued, ringing, then the configured outcome. The
 demo and the tests therefore run the same code after the provider boundary as production.
 
-Outcomes come from ``VOICEALERT_SIMULATED_OUTCOMES``: one status for every call
-(``completed``), or per number with a default: ``+14155550101=no-answer,*=completed``.
+Outcomes come from ``VOICEALERT_SIMULATED_OUTCOMES``: one for every call (``completed``),
+or per number with a default: ``+14155550101=no-answer,*=completed``. Besides Twilio's final
+statuses (``completed``: a person answers and listens, ``no-answer``, ``busy``, ``failed``)
+there are ``machine`` (an answering machine picks up: reported as such when the call asked
+for machine detection) and ``press-1`` (a person answers and presses 1 half-way through the
+call: the provider reports the digit, as Twilio's Gather would post it).
 """
 
 from __future__ import annotations
@@ -21,22 +25,28 @@ from worker.logs import get_logger
 from worker.models import UNANSWERED_CALL_STATUSES, CallStatus
 from worker.providers import NO_OPTIONS, CallOptions, PermanentProviderError, ProviderCall
 
+MACHINE = "machine"
+PRESS_1 = "press-1"
 OUTCOMES = frozenset({CallStatus.COMPLETED, CallStatus.NO_ANSWER, CallStatus.BUSY,
-                      CallStatus.FAILED})
+                      CallStatus.FAILED, MACHINE, PRESS_1})
+#: Outcomes where somebody (or something) picks up.
+_ANSWERED = frozenset({CallStatus.COMPLETED, MACHINE, PRESS_1})
+#: What detection reports for a machine, by MachineDetection mode (Twilio's words).
+_MACHINE_ANSWERED_BY = {"Enable": "machine_start", "DetectMessageEnd": "machine_end_beep"}
 log = get_logger(__name__)
 
 
-def parse_outcomes(spec: str) -> dict[str, CallStatus]:
+def parse_outcomes(spec: str) -> dict[str, str]:
     """``"+1415...=busy,*=completed"`` → ``{"+1415...": "busy", "*": "completed"}``."""
-    table: dict[str, CallStatus] = {}
+    table: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         number, _, outcome = part.rpartition("=")
         number = number.strip() or "*"
         outcome = outcome.strip()
         if outcome not in OUTCOMES:
             raise ValueError(f"simulated outcome {outcome!r} is not one of "
-                             f"{sorted(o.value for o in OUTCOMES)}")
-        table[number] = CallStatus(outcome)
+                             f"{sorted(str(o) for o in OUTCOMES)}")
+        table[number] = outcome
     table.setdefault("*", CallStatus.COMPLETED)
     return table
 
@@ -63,7 +73,8 @@ class SimulatedProvider:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(
                 self._keys.simulated_call(sid),
-                mapping={"to": to, "created": now, "outcome": outcome, "canceled": 0},
+                mapping={"to": to, "created": now, "outcome": outcome, "canceled": 0,
+                         "ended": 0, "detection": options.machine_detection or ""},
             )
             pipe.expire(self._keys.simulated_call(sid), 86400)
             pipe.zadd(self._keys.simulated_calls_to(to), {sid: now})
@@ -76,33 +87,36 @@ class SimulatedProvider:
         data = await self._redis.hgetall(self._keys.simulated_call(sid))  # type: ignore[misc]
         if not data:
             raise PermanentProviderError(f"simulated call {sid} not found", code=20404)
-        to = data[b"to"].decode()
-        created = float(data[b"created"])
-        canceled_at = float(data[b"canceled"])
-        return self._state(sid, to, created, data[b"outcome"].decode(), canceled_at)
+        fields = {key.decode(): value.decode() for key, value in data.items()}
+        return self._state(sid, fields)
 
-    def _state(
-        self, sid: str, to: str, created: float, outcome: str, canceled_at: float
-    ) -> ProviderCall:
-        elapsed = (canceled_at or time.time()) - created
-        base = ProviderCall(sid=sid, status=CallStatus.QUEUED, to=to, created_at=_dt(created))
-        status: str
-        if elapsed < self._ring_s / 2:
-            status = CallStatus.QUEUED
-        elif elapsed < self._ring_s:
-            status = CallStatus.RINGING
-        elif outcome != CallStatus.COMPLETED:
-            status = outcome
-        elif elapsed < self._ring_s + self._talk_s:
-            status = CallStatus.IN_PROGRESS
-        else:
+    def _state(self, sid: str, fields: dict[str, str]) -> ProviderCall:
+        created = float(fields["created"])
+        canceled_at, ended_at = float(fields["canceled"]), float(fields.get("ended", 0))
+        outcome = fields["outcome"]
+        elapsed = (canceled_at or ended_at or time.time()) - created
+        call = ProviderCall(sid=sid, status=CallStatus.QUEUED, to=fields["to"],
+                            created_at=_dt(created))
+        if elapsed < self._ring_s:
+            ringing = elapsed >= self._ring_s / 2
+            status = CallStatus.RINGING if ringing else CallStatus.QUEUED
+            return _with(call, CallStatus.CANCELED if canceled_at else status)
+        if outcome not in _ANSWERED:
+            return _with(call, outcome)
+        detection = fields.get("detection", "")
+        answered_by = None
+        if detection:
+            answered_by = _MACHINE_ANSWERED_BY[detection] if outcome == MACHINE else "human"
+        talked = elapsed - self._ring_s
+        digits = "1" if outcome == PRESS_1 and talked >= self._talk_s / 2 else None
+        if ended_at or talked >= self._talk_s:
             return ProviderCall(
-                sid=sid, status=CallStatus.COMPLETED, to=to, created_at=base.created_at,
-                duration_s=max(1, round(self._talk_s)), answered_by="human",
+                sid=sid, status=CallStatus.COMPLETED, to=call.to, created_at=call.created_at,
+                duration_s=max(1, round(min(talked, self._talk_s))), answered_by=answered_by,
+                digits=digits,
             )
-        if canceled_at and status in UNANSWERED_CALL_STATUSES:
-            status = CallStatus.CANCELED
-        return ProviderCall(sid=sid, status=status, to=to, created_at=base.created_at)
+        return ProviderCall(sid=sid, status=CallStatus.IN_PROGRESS, to=call.to,
+                            created_at=call.created_at, answered_by=answered_by, digits=digits)
 
     async def find_calls(self, *, to: str, since: datetime) -> list[ProviderCall]:
         sids = await self._redis.zrangebyscore(
@@ -111,15 +125,31 @@ class SimulatedProvider:
         return [await self.fetch_call(s.decode()) for s in sids]
 
     async def cancel_call(self, sid: str) -> ProviderCall:
-        key = self._keys.simulated_call(sid)
         call = await self.fetch_call(sid)
         if call.status in UNANSWERED_CALL_STATUSES:
-            await self._redis.hset(key, "canceled", str(time.time()))  # type: ignore[misc]
+            await self._redis.hset(  # type: ignore[misc]
+                self._keys.simulated_call(sid), "canceled", str(time.time()))
             return await self.fetch_call(sid)
         return call
 
+    async def hang_up(self, sid: str) -> ProviderCall:
+        call = await self.fetch_call(sid)
+        if call.status == CallStatus.IN_PROGRESS:
+            await self._redis.hset(  # type: ignore[misc]
+                self._keys.simulated_call(sid), "ended", str(time.time()))
+            return await self.fetch_call(sid)
+        return await self.cancel_call(sid)
+
+    async def speak(self, sid: str, twiml: str) -> ProviderCall:
+        log.info("simulated.call_redirected", sid=sid)
+        return await self.fetch_call(sid)
+
     async def aclose(self) -> None:
         return None
+
+
+def _with(call: ProviderCall, status: str) -> ProviderCall:
+    return ProviderCall(sid=call.sid, status=status, to=call.to, created_at=call.created_at)
 
 
 def _dt(ts: float) -> datetime:

@@ -117,6 +117,14 @@ class TwilioProvider:
             kwargs["status_callback"] = options.status_callback
             kwargs["status_callback_method"] = "POST"
             kwargs["status_callback_event"] = ["initiated", "ringing", "answered", "completed"]
+        if options.machine_detection:
+            kwargs["machine_detection"] = options.machine_detection
+            if options.amd_callback:
+                # Asynchronous: the message starts at pickup (no silence for a person while
+                # detection listens), and the verdict is posted to the web process.
+                kwargs["async_amd"] = "true"
+                kwargs["async_amd_status_callback"] = options.amd_callback
+                kwargs["async_amd_status_callback_method"] = "POST"
         return _to_call(await self._request(self._calls.create_async(**kwargs)))
 
     async def fetch_call(self, sid: str) -> ProviderCall:
@@ -131,6 +139,12 @@ class TwilioProvider:
 
     async def cancel_call(self, sid: str) -> ProviderCall:
         return _to_call(await self._request(self._calls(sid).update_async(status="canceled")))
+
+    async def hang_up(self, sid: str) -> ProviderCall:
+        return _to_call(await self._request(self._calls(sid).update_async(status="completed")))
+
+    async def speak(self, sid: str, twiml: str) -> ProviderCall:
+        return _to_call(await self._request(self._calls(sid).update_async(twiml=twiml)))
 
     async def aclose(self) -> None:
         await self._http.close()

@@ -4,6 +4,9 @@
   completed). Recorded at once (monotonic: a duplicate, a late or an out-of-order callback
   never moves a call back); what the change means for the alert is decided by a worker
   (a ``settle_call`` job), with every other decision about calls.
+- ``POST /twilio/amd?call=N``: the answering machine detection result (asynchronous
+  detection: the message plays meanwhile). Recorded once; a worker then hangs up on a machine
+  or leaves it a voicemail (a ``check_answer`` job).
 - ``POST /twilio/gather?call=N``: the digit pressed during the call's ``<Gather>``. A 1
   acknowledges every alert the call spoke (the keypress is in Postgres before the caller
   hears "Acknowledged"), and the other calls of those alerts are canceled or hung up (by
@@ -39,7 +42,7 @@ from worker.config import Settings
 from worker.logs import get_logger
 from worker.models import CallStatus, CallUpdate, StatusSource
 from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
-from worker.queue import CANCEL_CALL, SETTLE_CALL
+from worker.queue import CANCEL_CALL, CHECK_ANSWER, SETTLE_CALL
 from worker.services import schedule_job
 from worker.twiml import (
     acknowledged_twiml,
@@ -49,7 +52,7 @@ from worker.twiml import (
     not_recorded_twiml,
 )
 from worker.web_support import DB, REDIS, SETTINGS
-from worker.webhook_urls import CALL_PARAMETER, GATHER_PATH, STATUS_PATH
+from worker.webhook_urls import AMD_PATH, CALL_PARAMETER, GATHER_PATH, STATUS_PATH
 
 log = get_logger(__name__)
 
@@ -67,6 +70,7 @@ _ANSWERED_BY = re.compile(r"^[a-z_]{1,40}$")
 def add_routes(app: web.Application) -> None:
     app.router.add_post(STATUS_PATH, status_callback)
     app.router.add_post(GATHER_PATH, gather)
+    app.router.add_post(AMD_PATH, amd_result)
 
 
 # --- verification -------------------------------------------------------------------------
@@ -157,6 +161,32 @@ async def status_callback(request: web.Request) -> web.Response:
     else:
         log.info("callback.status", call=call_id, sid=update.provider_sid, status=status,
                  sequence=sequence, answered_by=update.answered_by, changed=changed)
+    return _xml(empty_twiml())
+
+
+# --- answering machine detection ----------------------------------------------------------
+
+
+async def amd_result(request: web.Request) -> web.Response:
+    params = await verified_params(request)
+    call_id = call_id_of(request)
+    answered_by = _matching(params.get("AnsweredBy"), _ANSWERED_BY)
+    if answered_by is None:
+        log.warning("callback.no_answered_by", call=call_id)
+        return _xml(empty_twiml())
+    settings, pool, redis = request.app[SETTINGS], request.app[DB], request.app[REDIS]
+    try:
+        async with asyncio.timeout(WORK_TIMEOUT_S):
+            learned = await db.record_answered_by(pool, call_id, answered_by,
+                                                  _matching(params.get("CallSid"), _SID))
+            if learned:
+                await schedule_job(redis, settings, CHECK_ANSWER, "answer", call_id)
+    except (*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE) as exc:
+        log.error("callback.not_recorded", call=call_id, answered_by=answered_by,
+                  error=f"{type(exc).__name__}: {exc}")
+        raise web.HTTPServiceUnavailable(text="the detection result could not be recorded") \
+            from None
+    log.info("callback.answered_by", call=call_id, answered_by=answered_by, learned=learned)
     return _xml(empty_twiml())
 
 

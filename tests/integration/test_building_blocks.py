@@ -14,6 +14,7 @@ from arq.connections import ArqRedis
 
 from worker.dedup import DedupLock, LockRequest
 from worker.keys import Keys
+from worker.providers import CallOptions
 from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id, json_deserializer
 from worker.ratelimit import RateLimiter
 from worker.simulated import SimulatedProvider, parse_outcomes
@@ -113,7 +114,9 @@ async def test_simulated_provider_follows_a_realistic_lifecycle(
 ) -> None:
     provider = SimulatedProvider(client, Keys(prefix), outcomes="+14155550101=busy,*=completed",
                                  ring_s=0.2, talk_s=0.2)
-    answered = await provider.create_call(to="+14155550100", twiml="<Response/>")
+    detection = CallOptions(machine_detection="Enable")
+    answered = await provider.create_call(to="+14155550100", twiml="<Response/>",
+                                          options=detection)
     busy = await provider.create_call(to="+14155550101", twiml="<Response/>")
     assert answered.status == "queued"
     await asyncio.sleep(0.5)
@@ -133,6 +136,30 @@ async def test_simulated_call_canceled_while_ringing_ends_canceled(
     assert (await provider.cancel_call(call.sid)).status == "canceled"
     await asyncio.sleep(0.1)
     assert (await provider.fetch_call(call.sid)).status == "canceled"
+
+
+async def test_simulated_machines_are_detected_and_presses_reported(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    provider = SimulatedProvider(
+        client, Keys(prefix), outcomes="+14155550101=machine,+14155550102=press-1",
+        ring_s=0.1, talk_s=0.4)
+    detection = CallOptions(machine_detection="DetectMessageEnd")
+    machine = await provider.create_call(to="+14155550101", twiml="<Response/>",
+                                         options=detection)
+    person = await provider.create_call(to="+14155550102", twiml="<Response/>",
+                                        options=detection)
+    undetected = await provider.create_call(to="+14155550101", twiml="<Response/>")
+    await asyncio.sleep(0.15)
+    answering = await provider.fetch_call(machine.sid)
+    assert (answering.status, answering.answered_by) == ("in-progress", "machine_end_beep")
+    assert (await provider.fetch_call(person.sid)).digits is None  # not pressed yet
+    hung_up = await provider.hang_up(machine.sid)
+    assert (hung_up.status, hung_up.answered_by) == ("completed", "machine_end_beep")
+    await asyncio.sleep(0.2)
+    pressed = await provider.fetch_call(person.sid)
+    assert (pressed.status, pressed.answered_by, pressed.digits) == ("in-progress", "human", "1")
+    assert (await provider.fetch_call(undetected.sid)).answered_by is None
 
 
 def test_simulated_outcomes_reject_unknown_statuses() -> None:
