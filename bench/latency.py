@@ -1,72 +1,133 @@
-"""XADD → provider request latency, tuned worker vs arq's default poll delay (baseline).
+"""Latency: XADD returning → the provider receiving the call's create POST, one event at a
+time at 100 and at 10 events per second.
 
-Each event is XADDed alone (0.3 s apart) to a one-member group; the latency is the time from
-the XADD returning to the fake Twilio receiving the create POST (both clocks are this
-process's monotonic clock: the fake runs in a thread here, the worker in its own process).
-
-    .venv/bin/python -m bench.latency [--events 30]
+One replica, the fake Twilio (a thread in this process; both ends read the same monotonic
+clock), a one-member group, ``dedup_window_s`` 0 so every event rings; the same worker
+process serves both rates, 100 ev/s first. Each event says its
+number in its message, which the POST carries, so every POST is matched to its event. The
+first events of each rate warm connections up and are not counted. Baseline, same run: a
+process doing only XREADGROUP → POST → XACK (``bench.raw_post``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import statistics
+import re
+import sys
 import time
+from collections.abc import Callable
 
 from bench.common import (
-    BENCH_REDIS,
-    fresh_state,
+    Place,
+    fake_twilio_env,
     percentile,
-    set_group,
-    worker_env,
-    worker_processes,
+    phones,
+    processes,
+    wait_until,
+    workers,
 )
+from bench.figures import Benchmark, Figure, Goal, Sample, Sizes
 from producers import AlertProducer
 from testing.fake_twilio import FakeTwilio
 
+GROUP = "latency"
+WARM_UP = 3
+RATES = (100, 10)
+_PROBE = re.compile(r"latency probe (\d+)")
 
-async def fire_spaced(count: int) -> list[float]:
+
+def _count(rate: int, sizes: Sizes) -> int:
+    return WARM_UP + max(2, round(rate * sizes.latency_s))
+
+
+async def _fire_paced(place: Place, prefix: str, rate: int, count: int) -> list[float]:
+    """XADD ``count`` events ``1/rate`` s apart; returns when each XADD returned."""
     sent = []
-    async with AlertProducer.from_url(BENCH_REDIS) as producer:
+    async with AlertProducer.from_url(place.redis_url, prefix=prefix) as producer:
+        start = time.monotonic()
         for i in range(count):
-            await producer.fire(alert_id=f"lat-{i}", group="bench", message="latency probe",
-                                dedup_window_s=0)
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await producer.fire(alert_id=f"lat-{rate}-{i}", group=GROUP,
+                                message=f"latency probe {i}", dedup_window_s=0)
             sent.append(time.monotonic())
-            await asyncio.sleep(0.3)
     return sent
 
 
-def measure(label: str, events: int, **overrides: str) -> list[float]:
-    fresh_state()
-    set_group("bench", ["+14155550100"])
-    with FakeTwilio() as fake, worker_processes(worker_env(fake, **overrides)):
-        sent = asyncio.run(fire_spaced(events))
-        deadline = time.monotonic() + 30
-        while len(fake.creates()) < events and time.monotonic() < deadline:
-            time.sleep(0.1)
-        creates = fake.creates()
-    if len(creates) < events:
-        raise SystemExit(f"{label}: only {len(creates)} of {events} calls were placed")
-    return [(c.at - s) * 1000 for c, s in zip(creates, sent, strict=False)]
+def _latencies_ms(fake: FakeTwilio, sent: list[float], check: Callable[[], None]) -> list[float]:
+    count = len(sent)
+    wait_until(lambda: len(fake.creates()) >= count, 60 + count / 10, check,
+               what="every call's POST")
+    arrived: dict[int, float] = {}
+    for request in fake.creates():
+        match = _PROBE.search(request.form.get("Twiml", [""])[0])
+        if match:
+            arrived.setdefault(int(match[1]), request.at)
+    return [(arrived[i] - sent[i]) * 1000 for i in range(WARM_UP, count)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=30)
-    args = parser.parse_args()
-    runs = {
-        "voicealert (poll 0.05 s)": measure("tuned", args.events),
-        "baseline: arq default poll 0.5 s": measure(
-            "baseline", args.events, VOICEALERT_POLL_DELAY_S="0.5"
-        ),
-    }
-    print(f"XADD → Twilio create POST, {args.events} events, ms")
-    print(f"{'configuration':<36} {'p50':>7} {'p90':>7} {'max':>7} {'mean':>7}")
-    for label, values in runs.items():
-        print(f"{label:<36} {percentile(values, 0.5):7.1f} {percentile(values, 0.9):7.1f} "
-              f"{max(values):7.1f} {statistics.mean(values):7.1f}")
+def _each_rate(place: Place, prefix: str, fake: FakeTwilio, sizes: Sizes,
+               check: Callable[[], None]) -> dict[int, list[float]]:
+    latencies = {}
+    for rate in RATES:
+        fake.reset()
+        sent = asyncio.run(_fire_paced(place, prefix, rate, _count(rate, sizes)))
+        latencies[rate] = _latencies_ms(fake, sent, check)
+    return latencies
 
 
-if __name__ == "__main__":
-    main()
+def voicealert_latencies(place: Place, sizes: Sizes) -> dict[int, list[float]]:
+    place.reset()
+    place.set_group(GROUP, phones(1))
+    with FakeTwilio() as fake:
+        env = place.worker_env(**fake_twilio_env(fake), VOICEALERT_CALLS_PER_SECOND="1000")
+        with workers(place, env, 1, label="latency") as procs:
+            return _each_rate(place, place.prefix, fake, sizes, procs.check_alive)
+
+
+def raw_latencies(place: Place, sizes: Sizes) -> dict[int, list[float]]:
+    place.delete_keys()
+    prefix = f"{place.prefix}raw:"
+    stream = f"{prefix}events"
+    with FakeTwilio() as fake:
+        env = place.worker_env(**fake_twilio_env(fake))
+        argv = [sys.executable, "-m", "bench.raw_post", stream, fake.base_url]
+        with processes([(argv, env)], "raw-post") as procs:
+            client = place.client()
+            wait_until(lambda: bool(client.exists(f"{stream}:ready")), 60, procs.check_alive,
+                       what="the raw consumer")
+            client.close()
+            return _each_rate(place, prefix, fake, sizes, procs.check_alive)
+
+
+def figures(sizes: Sizes) -> list[Figure]:
+    out = []
+    for rate in RATES:
+        events = _count(rate, sizes) - WARM_UP
+        baseline = "raw XADD→XREADGROUP→POST"
+        p50_goal = Goal(15 if rate == 100 else 10, "value", at_most=True)
+        p99_goal = Goal(60, "value", at_most=True) if rate == 100 else None
+        out += [
+            Figure(f"latency_{rate}_p50",
+                   f"latency XADD → provider POST at {rate} ev/s ({events:,} events), p50",
+                   "ms", baseline, p50_goal),
+            Figure(f"latency_{rate}_p99", f"the same at {rate} ev/s, p99", "ms", baseline,
+                   p99_goal),
+        ]
+    return out
+
+
+def run(place: Place, sizes: Sizes) -> dict[str, Sample]:
+    raw = raw_latencies(place, sizes)
+    ours = voicealert_latencies(place, sizes)
+    samples = {}
+    for rate in RATES:
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            samples[f"latency_{rate}_{name}"] = Sample(percentile(ours[rate], q),
+                                                       percentile(raw[rate], q))
+    return samples
+
+
+BENCHMARK = Benchmark("latency", "XADD → provider POST at 100 and 10 ev/s vs a raw consumer",
+                      figures, run)

@@ -1,77 +1,157 @@
-"""An alert storm: N events with the same alert_id in one burst, to a 5-member group.
+"""Alert storms: how fast workers absorb a burst of events with one alert_id.
 
-Measures how fast one replica absorbs the burst (every entry acknowledged) and how many calls
-it places (5: the storm rings each member once). Baseline from the same run: the same worker
-reading one entry per XREADGROUP (VOICEALERT_INGEST_BATCH=1), i.e. per-event processing as
-an arq-job-per-event design would do it.
+``storm``: a backlog of N identical triggers (one alert_id, a 5-member group) is written to
+the stream, then one replica starts; the figure is N / (first delivery → every entry
+acknowledged). The first event rings the group, every other one is a counted duplicate: the
+run checks both. Baseline, same run: the same backlog drained by a loop of raw
+XREADGROUP(COUNT 100) + XACK (redis-py asyncio, this process).
 
-    .venv/bin/python -m bench.storm [--events 2000]
+``scaleout``: the same storm absorbed by two replicas against one.
+
+``rss``: a worker's peak resident memory (VmHWM) through a storm against its memory idle.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
-from typing import Any
 
 import redis
+import redis.asyncio
 
-from bench.common import BENCH_REDIS, fresh_state, set_group, worker_env, worker_processes
-from producers import AlertProducer
-from testing.fake_twilio import FakeTwilio
+from bench.common import (
+    Place,
+    backlog,
+    fill_stream,
+    group_state,
+    phones,
+    usage,
+    wait_until,
+    workers,
+)
+from bench.figures import Benchmark, Figure, Goal, Sample, Sizes
+from schema import AlertEvent
 
-PHONES = [f"+1415555{i:04d}" for i in range(100, 105)]
-
-
-async def burst(count: int) -> float:
-    events = [
-        {"alert_id": "storm", "group": "bench", "message": "Everything is on fire"}
-        for _ in range(count)
-    ]
-    async with AlertProducer.from_url(BENCH_REDIS) as producer:
-        started = time.monotonic()
-        for i in range(0, count, 500):
-            await producer.fire_many(events[i : i + 500])
-    return started
-
-
-def backlog(client: redis.Redis) -> int:
-    groups: list[dict[str, Any]] = client.xinfo_groups("voicealert:events")  # type: ignore[assignment]
-    if not groups:
-        return -1
-    group = groups[0]
-    return int(group.get("lag") or 0) + int(group.get("pending") or 0)
+GROUP = "storm"
+MEMBERS = 5
+RAW_READ_COUNT = 100
 
 
-def measure(events: int, **overrides: str) -> tuple[float, int]:
-    fresh_state()
-    set_group("bench", PHONES)
-    client: redis.Redis = redis.Redis.from_url(BENCH_REDIS)
-    with FakeTwilio() as fake, worker_processes(worker_env(fake, **overrides)):
-        started = asyncio.run(burst(events))
-        deadline = time.monotonic() + 300
-        while backlog(client) != 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        elapsed = time.monotonic() - started
-        time.sleep(1.0)  # let the calls of the first event go out
-        posts = len(fake.creates())
-    return elapsed, posts
+def storm_payload() -> bytes:
+    event = AlertEvent(alert_id="storm", group=GROUP, message="Everything is on fire")
+    return event.to_entry()["event"].encode()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=2000)
-    args = parser.parse_args()
-    runs = {
-        "voicealert (batches of 100)": measure(args.events),
-        "baseline: one entry per read": measure(args.events, VOICEALERT_INGEST_BATCH="1"),
-    }
-    print(f"storm: {args.events} events, same alert_id, 5-member group, one replica")
-    print(f"{'configuration':<32} {'absorbed in s':>14} {'events/s':>10} {'calls':>6}")
-    for label, (elapsed, posts) in runs.items():
-        print(f"{label:<32} {elapsed:14.2f} {args.events / elapsed:10.0f} {posts:6d}")
+def _prepare(place: Place, events: int) -> redis.Redis:
+    """A fresh database with the group, and a stream holding the whole storm."""
+    place.reset()
+    place.set_group(GROUP, phones(MEMBERS))
+    client = place.client()
+    keys = place.keys
+    client.xgroup_create(keys.events, keys.consumer_group, id="0", mkstream=True)
+    fill_stream(client, keys.events, [storm_payload()] * events)
+    return client
 
 
-if __name__ == "__main__":
-    main()
+def _check_outcome(place: Place, events: int) -> None:
+    """The storm rang the group once and counted every other event as a duplicate."""
+    calls = asyncio.run(place.fetchval("SELECT count(*) FROM calls"))
+    duplicates = asyncio.run(place.fetchval("SELECT coalesce(sum(duplicates), 0) FROM alerts"))
+    if (calls, duplicates) != (MEMBERS, events - 1):
+        raise RuntimeError(f"storm of {events}: {calls} calls (want {MEMBERS}), "
+                           f"{duplicates} duplicates (want {events - 1})")
+
+
+def absorb(place: Place, events: int, replicas: int) -> float:
+    """Events per second ``replicas`` real workers absorb a backlog of ``events``."""
+    client = _prepare(place, events)
+    keys = place.keys
+    env = place.worker_env()
+    with workers(place, env, replicas, label=f"storm-{replicas}", wait=False) as procs:
+        # The clock starts at the first delivery, not at the process start.
+        started = wait_until(
+            lambda: group_state(client, keys.events, keys.consumer_group)[0] < events,
+            60, procs.check_alive, interval_s=0.002, what="the first read")
+        finished = wait_until(lambda: backlog(client, keys.events, keys.consumer_group) == 0,
+                              600, procs.check_alive, interval_s=0.01, what="the storm")
+    client.close()
+    _check_outcome(place, events)
+    return events / (finished - started)
+
+
+async def _raw_drain(place: Place, stream: str, group: str, events: int) -> float:
+    client = redis.asyncio.Redis.from_url(place.redis_url)
+    try:
+        started = time.perf_counter()
+        done = 0
+        while done < events:
+            response = await client.xreadgroup(group, "raw", {stream: ">"}, count=RAW_READ_COUNT)
+            ids = [entry_id for _stream, entries in response for entry_id, _fields in entries]
+            await client.xack(stream, group, *ids)
+            done += len(ids)
+        return events / (time.perf_counter() - started)
+    finally:
+        await client.aclose()
+
+
+def raw_absorb(place: Place, events: int) -> float:
+    """The same backlog drained by raw XREADGROUP + XACK: what Redis and the client allow."""
+    place.delete_keys()
+    client = place.client()
+    stream = f"{place.prefix}raw:events"
+    client.xgroup_create(stream, "raw", id="0", mkstream=True)
+    fill_stream(client, stream, [storm_payload()] * events)
+    client.close()
+    rate = asyncio.run(_raw_drain(place, stream, "raw", events))
+    place.delete_keys()
+    return rate
+
+
+def storm_figures(sizes: Sizes) -> list[Figure]:
+    return [Figure("storm", f"storm: {sizes.storm_events:,} events, one alert_id, one replica",
+                   "ev/s", f"raw XREADGROUP({RAW_READ_COUNT})+XACK", Goal(0.25))]
+
+
+def run_storm(place: Place, sizes: Sizes) -> dict[str, Sample]:
+    baseline = raw_absorb(place, sizes.storm_events)
+    return {"storm": Sample(absorb(place, sizes.storm_events, 1), baseline)}
+
+
+def scaleout_figures(sizes: Sizes) -> list[Figure]:
+    return [Figure("scaleout", f"scale-out: storm of {sizes.scaleout_events:,} events, "
+                   "2 replicas", "ev/s", "the same storm, 1 replica", Goal(1.7))]
+
+
+def run_scaleout(place: Place, sizes: Sizes) -> dict[str, Sample]:
+    one = absorb(place, sizes.scaleout_events, 1)
+    two = absorb(place, sizes.scaleout_events, 2)
+    return {"scaleout": Sample(two, one)}
+
+
+def rss_figures(sizes: Sizes) -> list[Figure]:
+    return [Figure("rss", f"worker peak RSS, storm of {sizes.rss_events:,} events", "MiB",
+                   "the same worker idle", Goal(150, "value", at_most=True))]
+
+
+def run_rss(place: Place, sizes: Sizes) -> dict[str, Sample]:
+    place.reset()
+    place.set_group(GROUP, phones(MEMBERS))
+    keys = place.keys
+    client = place.client()
+    with workers(place, place.worker_env(), 1, label="rss") as procs:
+        time.sleep(sizes.settle_s)  # pools opened, first polls done
+        idle = usage(procs.pids[0]).rss_kib
+        fill_stream(client, keys.events, [storm_payload()] * sizes.rss_events)
+        wait_until(lambda: backlog(client, keys.events, keys.consumer_group) == 0, 900,
+                   procs.check_alive, interval_s=0.05, what="the storm")
+        peak = usage(procs.pids[0]).peak_rss_kib
+    client.close()
+    return {"rss": Sample(peak / 1024, idle / 1024)}
+
+
+STORM = Benchmark("storm", "one replica absorbs a storm, vs raw XREADGROUP+XACK",
+                  storm_figures, run_storm)
+SCALEOUT = Benchmark("scaleout", "a storm absorbed by 2 replicas vs 1", scaleout_figures,
+                     run_scaleout)
+RSS = Benchmark("rss", "worker peak memory through a storm vs idle", rss_figures, run_rss)
+

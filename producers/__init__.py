@@ -21,7 +21,7 @@ import redis
 import redis.asyncio
 
 from producers.http import HttpAlertProducer, ProducerError
-from producers.validation import ValidationError, build_event
+from producers.validation import ValidationError, build_event, build_events
 from schema import AlertEvent
 
 DEFAULT_PREFIX = "voicealert:"
@@ -60,6 +60,8 @@ class AlertProducer:
         mode: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         event_id: str | None = None,
+        rounds: int | None = None,
+        round_delay_s: int | None = None,
     ) -> str:
         event = build_event(
             alert_id=alert_id,
@@ -70,6 +72,8 @@ class AlertProducer:
             mode=mode,
             metadata=dict(metadata) if metadata is not None else None,
             event_id=event_id,
+            rounds=rounds,
+            round_delay_s=round_delay_s,
         )
         return await self.send(event)
 
@@ -99,9 +103,7 @@ class AlertProducer:
     async def fire_many(self, events: Iterable[AlertEvent | Mapping[str, Any]]) -> list[str]:
         """Validate every event first, then write them all in one pipelined round trip:
         one invalid event means nothing is written."""
-        validated = [
-            e if isinstance(e, AlertEvent) else build_event(**dict(e)) for e in events
-        ]
+        validated = build_events(events)
         async with self._redis.pipeline(transaction=False) as pipe:
             for event in validated:
                 pipe.xadd(self.stream, event.to_entry())  # type: ignore[arg-type]
@@ -154,4 +156,5 @@ __all__ = [
     "SyncAlertProducer",
     "ValidationError",
     "build_event",
+    "build_events",
 ]

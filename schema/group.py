@@ -10,7 +10,10 @@ and whose members each ring once. What they refuse, and why:
 - a member whose phone is not a number its country could dial (``valid_phone``);
 - the same member twice (names compared ignoring case) or the same phone twice: one person
   would be called twice, and a replay would not know which entry was meant;
-- more than ``MAX_GROUP_MEMBERS`` members.
+- more than ``MAX_GROUP_MEMBERS`` members;
+- rounds outside 1–``ROUNDS_MAX``, a round delay outside 0–``ROUND_DELAY_MAX_S`` seconds.
+  Left out (None), a new group gets the defaults (3 rounds, 120 s) and a replaced group keeps
+  its own: replacing the members does not reset them.
 
 Errors read like every other validation error (``describe_errors``): field paths such as
 ``members.1.phone`` with a reason.
@@ -34,6 +37,8 @@ from schema.event import (
     DEFAULT_TENANT,
     IDENTIFIER_MAX_LENGTH,
     IDENTIFIER_PATTERN,
+    ROUND_DELAY_MAX_S,
+    ROUNDS_MAX,
     Identifier,
     Member,
 )
@@ -75,6 +80,8 @@ class GroupSpec(GroupKey):
     """A group to store: validated whole, so nothing is half-written."""
 
     members: list[Member] = Field(max_length=MAX_GROUP_MEMBERS)
+    rounds: int | None = Field(default=None, ge=1, le=ROUNDS_MAX, strict=True)
+    round_delay_s: int | None = Field(default=None, ge=0, le=ROUND_DELAY_MAX_S, strict=True)
 
     @model_validator(mode="after")
     def _each_member_once(self) -> GroupSpec:
@@ -100,6 +107,10 @@ def _duplicate(index: int, field: str, reason: str) -> PydanticCustomError:
     )
 
 
-def group_spec(tenant: str, name: str, members: list[dict[str, Any]]) -> GroupSpec:
+def group_spec(
+    tenant: str, name: str, members: list[dict[str, Any]], *, rounds: int | None = None,
+    round_delay_s: int | None = None,
+) -> GroupSpec:
     """Validate a group given as plain values; raises pydantic.ValidationError."""
-    return GroupSpec.model_validate({"tenant": tenant, "name": name, "members": members})
+    return GroupSpec.model_validate({"tenant": tenant, "name": name, "members": members,
+                                     "rounds": rounds, "round_delay_s": round_delay_s})

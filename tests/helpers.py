@@ -127,9 +127,13 @@ class InProcessWeb:
 
 
 async def make_group(conn: asyncpg.Connection, name: str = "oncall", phones: list[str] = PHONES,
-                     tenant: str = "default") -> None:
+                     tenant: str = "default", *, rounds: int | None = None,
+                     round_delay_s: int | None = None) -> None:
+    """A group of ``member0``, ``member1``... Rounds left None: the group defaults (3 rounds,
+    120 s apart), so a test that lets calls go unanswered never sees a second round."""
     members = [Member(name=f"member{i}", phone=p) for i, p in enumerate(phones)]
-    await db.upsert_group(conn, tenant, name, members)
+    await db.upsert_group(conn, tenant, name, members, rounds=rounds,
+                          round_delay_s=round_delay_s)
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]],

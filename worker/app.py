@@ -44,14 +44,16 @@ from worker.keys import Keys
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
-from worker.outcomes import cancel_call, check_answer, poll_call, settle_call
+from worker.outcomes import cancel_call, check_answer, poll_call, settle_call, start_round
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
     CHECK_ANSWER,
+    JOB_SUBJECTS,
     PLACE_CALL,
     POLL_CALL,
     SETTLE_CALL,
+    START_ROUND,
     json_deserializer,
     json_serializer,
     parse_job_id,
@@ -189,6 +191,7 @@ class WorkerProcess:
                 _job(cancel_call, CANCEL_CALL),
                 _job(settle_call, SETTLE_CALL),
                 _job(check_answer, CHECK_ANSWER),
+                _job(start_round, START_ROUND),
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,
@@ -219,7 +222,9 @@ class WorkerProcess:
     async def _job_started(self, ctx: dict[str, Any]) -> None:
         """Every line logged while this job runs (arq's too) names its call."""
         parsed = parse_job_id(self.keys.prefix, str(ctx.get("job_id", "")))
-        job_scope(call=parsed[1] if parsed else None)
+        if parsed is not None:
+            function, number = parsed
+            job_scope(**{JOB_SUBJECTS.get(function, "call"): number})
 
     def beat(self) -> ReplicaBeat:
         """What this replica is doing, for its health key."""

@@ -90,11 +90,15 @@ async def check_before_fire(event: AlertEvent) -> None:
 @click.option("--dedup-window", type=int, default=None, help="Seconds; 0 = no dedup.")
 @click.option("--mode", type=click.Choice(["parallel", "sequential"]), default=None)
 @click.option("--event-id", default=None, help="Idempotency key of this event.")
+@click.option("--rounds", type=int, default=None, help="Rounds at most (default: the group's).")
+@click.option("--round-delay", "round_delay", type=int, default=None,
+              help="Seconds between rounds (default: the group's).")
 @click.option("--no-check", is_flag=True,
               help="Send even when the group does not exist or no worker is alive.")
 @run_async
 async def fire(group: str, alert_id: str, message: str, tenant: str, dedup_window: int | None,
-               mode: str | None, event_id: str | None, no_check: bool) -> None:
+               mode: str | None, event_id: str | None, rounds: int | None,
+               round_delay: int | None, no_check: bool) -> None:
     """Fire an alert event onto the stream; prints the stream entry id.
 
     Refused (exit 1, nothing sent) when the group does not exist or has no members in the
@@ -102,7 +106,7 @@ async def fire(group: str, alert_id: str, message: str, tenant: str, dedup_windo
     """
     fields: dict[str, Any] = dict(group=group, alert_id=alert_id, message=message,
                                   tenant=tenant, dedup_window_s=dedup_window, mode=mode,
-                                  event_id=event_id)
+                                  event_id=event_id, rounds=rounds, round_delay_s=round_delay)
     event = _validated(**fields)
     if not no_check:
         await check_before_fire(event)

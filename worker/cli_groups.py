@@ -55,14 +55,16 @@ def _problem_line(field: str, reason: str, members: list[dict[str, str]]) -> str
         label = _shown(typed) if 0 < len(typed) <= 40 and typed.isprintable() else f"#{index + 1}"
         separator = " " if reason[:1].islower() else ": "
         return f"member {label}: {attribute}{separator}{reason}"
-    what = {"name": "group name", "members": "members"}.get(field, field)
+    what = {"name": "group name", "members": "members", "rounds": "--rounds",
+            "round_delay_s": "--round-delay"}.get(field, field)
     return f"{what}: {reason}"
 
 
-def _spec(name: str, tenant: str, members: list[dict[str, str]]) -> GroupSpec:
+def _spec(name: str, tenant: str, members: list[dict[str, str]], *, rounds: int | None = None,
+          round_delay_s: int | None = None) -> GroupSpec:
     """The group as typed, validated whole before any SQL (exit 2 with every problem)."""
     try:
-        return group_spec(tenant, name, members)
+        return group_spec(tenant, name, members, rounds=rounds, round_delay_s=round_delay_s)
     except pydantic.ValidationError as exc:
         problems = [_problem_line(f, r, members) for f, r in describe_errors(exc)]
         raise BadInput("; ".join(problems)) from None
@@ -88,6 +90,7 @@ def _group_lines(group: Group) -> list[str]:
     lines = [f"{group.name} (tenant {group.tenant}, {len(group.members)} members)"]
     for i, member in enumerate(group.members, start=1):
         lines.append(f"  {i}. {member.name} {mask_phone_numbers(member.phone)}")
+    lines.append(f"  rounds: {group.rounds}, {group.round_delay_s} s apart")
     return lines
 
 
@@ -96,14 +99,21 @@ def _group_lines(group: Group) -> list[str]:
 @click.argument("name")
 @click.option("--member", "members", multiple=True, required=True,
               help="NAME=PHONE in E.164, in ring order; repeat for each member.")
+@click.option("--rounds", type=int, default=None,
+              help="Rounds of calls while nobody acknowledges, 1-20 (new group: 3; "
+                   "left out: kept).")
+@click.option("--round-delay", "round_delay", type=int, default=None,
+              help="Seconds between two rounds, 0-86400 (new group: 120; left out: kept).")
 @tenant_option
 @json_option
 @run_async
-async def groups_set(name: str, members: tuple[str, ...], tenant: str, as_json: bool) -> None:
+async def groups_set(name: str, members: tuple[str, ...], rounds: int | None,
+                     round_delay: int | None, tenant: str, as_json: bool) -> None:
     """Create or replace group NAME with the given members, in order."""
-    spec = _spec(name, tenant, _member_fields(members))
-    group = await with_db(lambda conn: db.upsert_group(conn, spec.tenant, spec.name,
-                                                       spec.members))
+    spec = _spec(name, tenant, _member_fields(members), rounds=rounds, round_delay_s=round_delay)
+    group = await with_db(lambda conn: db.upsert_group(
+        conn, spec.tenant, spec.name, spec.members, rounds=spec.rounds,
+        round_delay_s=spec.round_delay_s))
     if as_json:
         print_json(group.to_json())
     else:

@@ -83,8 +83,12 @@ class Settings(BaseSettings):
     web_port: int = Field(
         default=8080, ge=1, le=65535, validation_alias=_env("VOICEALERT_WEB_PORT", "PORT")
     )
+    # The cap catches a typo that would all but switch the limit off; 10,000 (a 0.1 ms spacing,
+    # below what a job poll can observe) leaves room for accounts allowed a high call rate and
+    # for measuring fan-out with no effective limit (issue 12). It was 1,000, which made the
+    # limiter, not the worker, the bound of the fan-out benchmark.
     calls_per_second: float = Field(
-        default=1.0, gt=0, le=1000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
+        default=1.0, gt=0, le=10_000, validation_alias=_env("VOICEALERT_CALLS_PER_SECOND")
     )
     redis_prefix: str = Field(
         default="voicealert:", min_length=1, validation_alias=_env("VOICEALERT_REDIS_PREFIX")

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import asyncpg
 
-from schema import Member
+from schema import DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
 from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
@@ -48,6 +48,7 @@ from worker.models import (
     LiveCall,
     NewAlert,
     NewDeadLetter,
+    RoundStart,
     StatusSource,
     StoredAlert,
     TokenScope,
@@ -90,20 +91,38 @@ def _group(row: asyncpg.Record) -> Group:
         members=[Member.model_construct(name=m["name"], phone=m["phone"]) for m in row["members"]],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        rounds=row["rounds"],
+        round_delay_s=row["round_delay_s"],
     )
 
 
-async def upsert_group(db: Executor, tenant: str, name: str, members: Sequence[Member]) -> Group:
+_GROUP_COLUMNS = "tenant, name, members, created_at, updated_at, rounds, round_delay_s"
+
+
+async def upsert_group(
+    db: Executor, tenant: str, name: str, members: Sequence[Member], *,
+    rounds: int | None = None, round_delay_s: int | None = None,
+) -> Group:
+    """Create the group or replace its members; rounds and round delay left None take the
+    defaults on a new group and are kept on an existing one."""
     row = await db.fetchrow(
-        """
-        INSERT INTO alert_groups (tenant, name, members) VALUES ($1, $2, $3)
+        f"""
+        INSERT INTO alert_groups (tenant, name, members, rounds, round_delay_s)
+        VALUES ($1, $2, $3, coalesce($4::int, $6::int), coalesce($5::int, $7::int))
         ON CONFLICT (tenant, name)
-        DO UPDATE SET members = EXCLUDED.members, updated_at = now()
-        RETURNING tenant, name, members, created_at, updated_at
-        """,
+        DO UPDATE SET members = EXCLUDED.members,
+                      rounds = coalesce($4::int, alert_groups.rounds),
+                      round_delay_s = coalesce($5::int, alert_groups.round_delay_s),
+                      updated_at = now()
+        RETURNING {_GROUP_COLUMNS}
+        """,  # noqa: S608 - the interpolated part is a constant column list
         tenant,
         name,
         [m.model_dump() for m in members],
+        rounds,
+        round_delay_s,
+        DEFAULT_ROUNDS,
+        DEFAULT_ROUND_DELAY_S,
     )
     assert row is not None
     return _group(row)
@@ -111,7 +130,7 @@ async def upsert_group(db: Executor, tenant: str, name: str, members: Sequence[M
 
 async def list_groups(db: Executor, tenant: str) -> list[Group]:
     rows = await db.fetch(
-        "SELECT tenant, name, members, created_at, updated_at FROM alert_groups"
+        f"SELECT {_GROUP_COLUMNS} FROM alert_groups"  # noqa: S608 - constant columns
         " WHERE tenant = $1 ORDER BY name",
         tenant,
     )
@@ -120,7 +139,7 @@ async def list_groups(db: Executor, tenant: str) -> list[Group]:
 
 async def get_group(db: Executor, tenant: str, name: str) -> Group | None:
     row = await db.fetchrow(
-        "SELECT tenant, name, members, created_at, updated_at FROM alert_groups"
+        f"SELECT {_GROUP_COLUMNS} FROM alert_groups"  # noqa: S608 - constant columns
         " WHERE tenant = $1 AND name = $2",
         tenant,
         name,
@@ -134,7 +153,8 @@ async def get_groups(db: Executor, keys: Sequence[tuple[str, str]]) -> dict[tupl
         return {}
     rows = await db.fetch(
         """
-        SELECT g.tenant, g.name, g.members, g.created_at, g.updated_at
+        SELECT g.tenant, g.name, g.members, g.created_at, g.updated_at, g.rounds,
+               g.round_delay_s
         FROM alert_groups g
         JOIN unnest($1::text[], $2::text[]) AS k(tenant, name)
           ON g.tenant = k.tenant AND g.name = k.name
@@ -165,14 +185,16 @@ async def create_alert(
         row = await conn.fetchrow(
             """
             INSERT INTO alerts (tenant, alert_id, event_key, group_name, message, mode, status,
-                                dedup_window_s, metadata, event_id, stream_id, duplicates)
+                                dedup_window_s, metadata, event_id, stream_id, duplicates,
+                                rounds, round_delay_s)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                     (SELECT count(*) FROM duplicate_events
-                      WHERE tenant = $1 AND owner_key = $3))
+                      WHERE tenant = $1 AND owner_key = $3), $14, $15)
             ON CONFLICT (tenant, event_key) DO UPDATE SET
                 group_name = EXCLUDED.group_name, message = EXCLUDED.message,
                 mode = EXCLUDED.mode, status = EXCLUDED.status, metadata = EXCLUDED.metadata,
                 dedup_window_s = EXCLUDED.dedup_window_s, stream_id = EXCLUDED.stream_id,
+                rounds = EXCLUDED.rounds, round_delay_s = EXCLUDED.round_delay_s,
                 updated_at = now()
             -- an event that rang nobody (no such group yet) is processed again when re-sent
             WHERE alerts.status = ANY($12::text[]) AND EXCLUDED.status = $13
@@ -191,6 +213,8 @@ async def create_alert(
             alert.stream_id,
             list(RANG_NOBODY_ALERT_STATUSES),
             AlertStatus.CALLING,
+            alert.rounds,
+            alert.round_delay_s,
         )
         created = row is not None
         if row is None:
@@ -596,24 +620,28 @@ async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
 async def alert_progress(
     db: Executor, alert_pk: int, *, detection: bool = False
 ) -> AlertProgress | None:
-    """Where the alert's calls stand. ``answered`` counts people: a call answered by a
-    machine (or one detection could not tell, ``unknown``) is not an answer, and while
-    ``detection`` is on, an answered call is not one before detection said ``human``."""
+    """Where the alert's calls stand: ``total`` and ``failed`` over every round, the rest
+    in the round being called. ``answered`` counts people: a call answered by a machine (or
+    one detection could not tell, ``unknown``) is not an answer, and while ``detection`` is
+    on, an answered call is not one before detection said ``human``."""
     row = await db.fetchrow(
         """
-        SELECT a.id, a.mode, a.status,
+        SELECT a.id, a.mode, a.status, a.round, a.rounds, a.next_round_at,
                count(c.id) AS total,
-               count(c.id) FILTER (WHERE call_status_rank(c.status) < 5) AS open,
-               count(c.id) FILTER (WHERE
+               count(c.id) FILTER (WHERE c.status = $3) AS failed,
+               count(c.id) FILTER (WHERE c.round = a.round
+                                     AND call_status_rank(c.status) < 5) AS open,
+               count(c.id) FILTER (WHERE c.round = a.round AND (
                    (c.status = $2 AND coalesce(c.answered_by, $6) = $6)
                    OR (c.status = $5 AND (c.answered_by = $6
-                                          OR (c.answered_by IS NULL AND NOT $7)))
+                                          OR (c.answered_by IS NULL AND NOT $7))))
                ) AS answered,
-               count(c.id) FILTER (WHERE c.status = $3) AS failed,
-               (SELECT p.id FROM calls p WHERE p.alert = a.id AND p.status = $4
+               (SELECT p.id FROM calls p
+                 WHERE p.alert = a.id AND p.round = a.round AND p.status = $4
                  ORDER BY p.position LIMIT 1) AS next_pending,
-               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
-               count(c.id) FILTER (WHERE c.status = $5
+               count(c.id) FILTER (WHERE c.round = a.round
+                                     AND call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
+               count(c.id) FILTER (WHERE c.round = a.round AND c.status = $5
                                      AND NOT coalesce(c.answered_by = ANY($8), false))
                    AS on_the_line
         FROM alerts a LEFT JOIN calls c ON c.alert = a.id
@@ -641,7 +669,96 @@ async def alert_progress(
         failed=row["failed"],
         next_pending=row["next_pending"] if row["active"] == 0 else None,
         on_the_line=row["on_the_line"],
+        round=row["round"],
+        rounds=row["rounds"],
+        next_round_at=row["next_round_at"],
     )
+
+
+async def end_round(db: Executor, alert_pk: int, round_: int) -> datetime | None:
+    """The round ended unacknowledged and another is left: it is due a round delay from now
+    (``next_round_at``, the durable record of it). Returns when; the same time again when
+    this round was ended already (two calls ending at once), None when there is no next
+    round (a resolve or an ack came first)."""
+    due = await db.fetchval(
+        """
+        WITH ended AS (
+            UPDATE alerts SET next_round_at = now() + make_interval(secs => round_delay_s),
+                              status = $3, updated_at = now()
+            WHERE id = $1 AND round = $2 AND round < rounds AND next_round_at IS NULL
+              AND status = ANY($4::text[])
+            RETURNING next_round_at
+        )
+        SELECT coalesce(
+            (SELECT next_round_at FROM ended),
+            (SELECT next_round_at FROM alerts WHERE id = $1 AND round = $2))
+        """,
+        alert_pk,
+        round_,
+        AlertStatus.CALLING,
+        [AlertStatus.CALLING, AlertStatus.ANSWERED],
+    )
+    return due if isinstance(due, datetime) else None
+
+
+async def start_next_round(conn: Connection, alert_pk: int) -> RoundStart | float | None:
+    """The next round of an alert whose round ended unacknowledged: one pending call per
+    member again (the alert's own members, in their order). Returns its calls to place; the
+    seconds still to wait when it is not due yet; None when there is none (resolved,
+    acknowledged, out of rounds). Run again after it started (a crash before its calls were
+    queued), it returns the round's calls not placed yet."""
+    async with conn.transaction():
+        alert = await conn.fetchrow(
+            """
+            SELECT round, rounds, mode, status, next_round_at,
+                   extract(epoch FROM next_round_at - now()) AS wait_s
+            FROM alerts WHERE id = $1 FOR UPDATE
+            """,
+            alert_pk,
+        )
+        if alert is None or alert["status"] != AlertStatus.CALLING:
+            return None
+        if alert["next_round_at"] is None:
+            if alert["round"] == 1:
+                return None
+            started = False
+        elif alert["wait_s"] > 0.05:
+            return float(alert["wait_s"])
+        else:
+            started = True
+            await conn.execute(
+                """
+                WITH members AS (
+                    SELECT DISTINCT ON (phone) position, member_name, phone
+                    FROM calls WHERE alert = $1 AND round = 1
+                    ORDER BY phone, position
+                ), inserted AS (
+                    INSERT INTO calls (alert, round, position, member_name, phone)
+                    SELECT $1, $2, position, member_name, phone FROM members ORDER BY position
+                    ON CONFLICT (alert, round, position) DO NOTHING
+                    RETURNING id, status
+                ), recorded AS (
+                    INSERT INTO call_events (call, status, source, detail)
+                    SELECT id, status, $3, $4 FROM inserted ORDER BY id
+                )
+                UPDATE alerts SET round = $2, next_round_at = NULL, updated_at = now()
+                WHERE id = $1
+                """,
+                alert_pk,
+                alert["round"] + 1,
+                StatusSource.WORKER,
+                f"round {alert['round'] + 1}",
+            )
+        calls = await conn.fetch(
+            """
+            SELECT c.id FROM calls c JOIN alerts a ON a.id = c.alert AND c.round = a.round
+            WHERE c.alert = $1 AND c.status = $2 ORDER BY c.position
+            """,
+            alert_pk,
+            CallStatus.PENDING,
+        )
+    return RoundStart(round=alert["round"] + (1 if started else 0), mode=alert["mode"],
+                      started=started, pending=[c["id"] for c in calls])
 
 
 async def set_alert_status(db: Executor, alert_pk: int, status: AlertStatus) -> bool:
@@ -821,8 +938,9 @@ async def add_replay_call(
             WHERE id = $1 AND NOT status = ANY($5::text[])
             RETURNING id
         ), inserted AS (
-            INSERT INTO calls (alert, position, member_name, phone)
-            SELECT $1, (SELECT max(position) + 1 FROM calls WHERE alert = $1), $2, $3
+            INSERT INTO calls (alert, round, position, member_name, phone)
+            SELECT $1, (SELECT round FROM alerts WHERE id = $1),
+                   (SELECT max(position) + 1 FROM calls WHERE alert = $1), $2, $3
             RETURNING id, status
         ), recorded AS (
             INSERT INTO call_events (call, status, source, detail)

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from schema import Member
+from schema import DEFAULT_ROUND_DELAY_S
 from worker import db, metrics
 from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
-from worker.models import AlertStatus, CallStatus, Duplicate, NewAlert, StatusSource
+from worker.models import AlertStatus, CallStatus, Duplicate, Group, NewAlert, StatusSource
 from worker.outages import caused_by_the_data
 from worker.queue import CANCEL_CALL
 from worker.services import Services
@@ -55,7 +55,7 @@ class FanOutResult:
 @dataclass(frozen=True)
 class _Accepted:
     parsed: ParsedEvent
-    members: list[Member]
+    group: Group  # with members
 
 
 class FanOut:
@@ -116,7 +116,7 @@ class FanOut:
                 result.rang_nobody.append(RangNobody(parsed, status))
                 result.done.append(parsed.entry.stream_id)
             else:
-                accepted.append(_Accepted(parsed, list(group.members)))
+                accepted.append(_Accepted(parsed, group))
         to_expand = await self._deduplicate(accepted, result)
         call_ids: list[int] = []
         for item in to_expand:
@@ -171,8 +171,13 @@ class FanOut:
             result.done.append(dup.stream_id)
         return [a for a in accepted if id(a) not in suppressed]
 
-    def _new_alert(self, parsed: ParsedEvent, status: AlertStatus) -> NewAlert:
+    def _new_alert(
+        self, parsed: ParsedEvent, status: AlertStatus, group: Group | None = None
+    ) -> NewAlert:
+        """The alert row of a trigger; its rounds are the event's, else its group's."""
         event = parsed.event
+        rounds = event.rounds or (group.rounds if group else 1)
+        delay = event.round_delay_s
         return NewAlert(
             tenant=event.tenant,
             alert_id=event.alert_id,
@@ -185,6 +190,9 @@ class FanOut:
             metadata=dict(event.metadata),
             event_id=event.event_id,
             stream_id=parsed.entry.stream_id,
+            rounds=rounds,
+            round_delay_s=delay if delay is not None else (
+                group.round_delay_s if group else DEFAULT_ROUND_DELAY_S),
         )
 
     async def _record_no_calls(self, parsed: ParsedEvent, status: AlertStatus) -> None:
@@ -200,7 +208,8 @@ class FanOut:
         parsed = item.parsed
         async with self.s.db.acquire() as conn:
             stored = await db.create_alert(
-                conn, self._new_alert(parsed, AlertStatus.CALLING), item.members,
+                conn, self._new_alert(parsed, AlertStatus.CALLING, item.group),
+                list(item.group.members),
                 StatusSource.WORKER,
             )
             if stored.status != AlertStatus.CALLING:

@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from schema import Member
+from schema import DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
 
 
 class CallStatus(StrEnum):
@@ -109,12 +109,16 @@ class Group:
     members: list[Member]
     created_at: datetime
     updated_at: datetime
+    rounds: int = DEFAULT_ROUNDS
+    round_delay_s: int = DEFAULT_ROUND_DELAY_S
 
     def to_json(self) -> dict[str, Any]:
         return {
             "tenant": self.tenant,
             "name": self.name,
             "members": [m.model_dump() for m in self.members],
+            "rounds": self.rounds,
+            "round_delay_s": self.round_delay_s,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -136,6 +140,8 @@ class NewAlert:
     metadata: dict[str, Any]
     event_id: str | None
     stream_id: str
+    rounds: int = 1
+    round_delay_s: int = DEFAULT_ROUND_DELAY_S
 
 
 @dataclass(frozen=True)
@@ -239,6 +245,19 @@ class AlertProgress:
     failed: int
     next_pending: int | None
     on_the_line: int = 0  # calls answered and not ended
+    round: int = 1
+    rounds: int = 1
+    next_round_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """A round of calls begun (``started``), or found begun already: its calls to place."""
+
+    round: int
+    mode: str
+    started: bool
+    pending: list[int]
 
 
 @dataclass(frozen=True)

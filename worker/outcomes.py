@@ -33,7 +33,7 @@ from worker.models import (
     StatusSource,
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
-from worker.queue import CANCEL_CALL, POLL_CALL
+from worker.queue import CANCEL_CALL, POLL_CALL, START_ROUND
 from worker.services import Services
 from worker.twiml import voicemail_twiml
 
@@ -182,20 +182,53 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
         log.info("alert.escalated", alert=alert_pk, next_call=progress.next_pending)
         return
     if progress.open == 0:
-        await _calling_ended(s, progress, keypress)
+        await _round_over(s, progress)
 
 
-async def _calling_ended(s: Services, progress: AlertProgress, keypress: bool) -> None:
-    """Every call ended and nobody acknowledged (nor, without keypresses, answered)."""
+async def _round_over(s: Services, progress: AlertProgress) -> None:
+    """Every call of the round ended and nobody acknowledged (nor, without keypresses,
+    answered): another round after the round delay, or, after the last, ``unacknowledged``.
+    An alert whose every call failed is ``failed`` at once: no round can ring anybody until
+    an operator fixes what the dead letters say."""
     alert_pk = progress.id
     if progress.failed == progress.total:
         if await db.set_alert_status(s.db, alert_pk, AlertStatus.FAILED):
             log.warning("alert.failed", alert=alert_pk, calls=progress.total)
-    elif keypress:
-        if await db.set_alert_status(s.db, alert_pk, AlertStatus.UNACKNOWLEDGED):
-            log.error("alert.unacknowledged", alert=alert_pk, calls=progress.total)
-    elif await db.set_alert_status(s.db, alert_pk, AlertStatus.UNANSWERED):
-        log.warning("alert.unanswered", alert=alert_pk, calls=progress.total)
+        return
+    if progress.round < progress.rounds:
+        due = await db.end_round(s.db, alert_pk, progress.round)
+        if due is not None:
+            delay = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            await s.schedule(START_ROUND, f"round-{progress.round + 1}", alert_pk, delay)
+            if progress.next_round_at is None:
+                log.info("alert.round_ended", alert=alert_pk, round=progress.round,
+                         rounds=progress.rounds, next_round_in_s=round(delay, 1))
+        return
+    if await db.set_alert_status(s.db, alert_pk, AlertStatus.UNACKNOWLEDGED):
+        log.error("alert.unacknowledged", alert=alert_pk, rounds=progress.rounds,
+                  calls=progress.total)
+
+
+async def start_round(ctx: dict[str, Any], alert_pk: int) -> str:
+    """The round delay is over: call the alert's members again (parallel: all, at the call
+    rate; sequential: the first). Durable: the job lives in Redis and ``next_round_at`` in
+    Postgres, so a worker killed during the delay loses no round."""
+    s: Services = ctx["services"]
+    async with s.db.acquire() as conn:
+        started = await db.start_next_round(conn, alert_pk)
+    if started is None:
+        return "no-round"
+    if isinstance(started, float):
+        run_again_in(ctx, started)
+        return "not-due"
+    if started.mode == "parallel":
+        await s.schedule_calls(started.pending)
+    else:
+        await after_status_change(s, alert_pk)  # the first member, unless one is ringing
+    if started.started:
+        log.info("alert.round_started", alert=alert_pk, round=started.round,
+                 calls=len(started.pending))
+    return "started" if started.started else "resumed"
 
 
 async def settle_call(ctx: dict[str, Any], call_id: int) -> str:

@@ -22,6 +22,7 @@ POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
 SETTLE_CALL = "settle_call"
 CHECK_ANSWER = "check_answer"
+START_ROUND = "start_round"
 
 
 def json_serializer(obj: dict[str, Any]) -> bytes:
@@ -42,9 +43,12 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
 
 
 #: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs; a settle
-#: job's kind names the status it settles (``settle-completed``).
+#: job's kind names the status it settles (``settle-completed``), a round's its number
+#: (``round-2``).
 JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL,
-             "answer": CHECK_ANSWER}
+             "answer": CHECK_ANSWER, "round": START_ROUND}
+#: What the number in a job id is: a call id, except for the jobs about a whole alert.
+JOB_SUBJECTS = {START_ROUND: "alert"}
 
 
 def function_of_kind(kind: str) -> str | None:
@@ -52,7 +56,8 @@ def function_of_kind(kind: str) -> str | None:
 
 
 def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
-    """``(function, call id)`` of one of our job ids, or None."""
+    """``(function, number)`` of one of our job ids (the number is a call id, or what
+    ``JOB_SUBJECTS`` says), or None."""
     kind, _, call = value.removeprefix(prefix).partition(":")
     function = function_of_kind(kind)
     if not value.startswith(prefix) or function is None or not call.isdigit():

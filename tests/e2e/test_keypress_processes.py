@@ -97,3 +97,33 @@ async def test_press_1_acknowledges_through_the_web_process_and_the_worker_hangs
     assert (press.params["Digits"], press.status) == ("1", 200)
     assert fake_twilio.application_errors() == []
     assert worker.alive
+
+
+async def test_a_worker_sigkilled_during_the_round_delay_loses_no_round(
+    env: dict[str, str], spawn_worker: SpawnWorker, db_conn: asyncpg.Connection,
+    fake_twilio: FakeTwilio,
+) -> None:
+    settings = load_settings(env)
+    fake_twilio.default_outcome = "no-answer"
+    await make_group(db_conn, phones=PHONES[:1])
+    first = await spawn_worker("first").ready()
+    await fire(settings, alert_id="db-down", rounds=2, round_delay_s=3)
+
+    async def waiting() -> bool:
+        rows = await alert_rows(db_conn, "db-down")
+        return bool(rows) and rows[0]["next_round_at"] is not None
+
+    await wait_for(waiting, timeout=20, what="round 1 over, round 2 waiting for its delay")
+    first.kill()
+    assert await first.wait_exit(10) is not None
+    # Nothing of the dead worker's memory is needed: a new one takes the round up.
+    await spawn_worker("second").ready()
+
+    async def second_round_over() -> bool:
+        rows = await alert_rows(db_conn, "db-down")
+        return bool(rows) and rows[0]["status"] == "unacknowledged"
+
+    await wait_for(second_round_over, timeout=30, what="round 2 called, then unacknowledged")
+    rows = await calls_of(db_conn, "db-down")
+    assert [(r.round, r.status) for r in rows] == [(1, "no-answer"), (2, "no-answer")]
+    assert len(fake_twilio.creates()) == 2

@@ -96,6 +96,20 @@ async def test_rate_limiter_does_not_bank_idle_time(
     assert later[1] - later[0] == 50
 
 
+async def test_rate_limiter_spaces_calls_below_a_millisecond_at_high_rates(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    # 10,000 calls/s (the cap): 0.1 ms apart, so 1,000 calls span 100 ms, in two callers.
+    keys = Keys(prefix)
+    one = RateLimiter(client, keys.rate_limit, calls_per_second=10_000)
+    two = RateLimiter(client, keys.rate_limit, calls_per_second=10_000)
+    slots = await one.reserve(500) + await two.reserve(500)
+    assert slots == sorted(slots)
+    assert 99 <= slots[-1] - slots[0] <= 100
+    per_ms = max(slots.count(s) for s in set(slots))
+    assert per_ms <= 11  # ten per millisecond, one more where the fraction rounds
+
+
 async def test_enqueue_many_skips_jobs_already_queued(arq_redis: ArqRedis, prefix: str) -> None:
     keys = Keys(prefix)
     jobs = [ScheduledJob(PLACE_CALL, job_id(prefix, "call", i), (i,), 0) for i in (1, 2)]

@@ -320,3 +320,24 @@ async def test_commands_on_an_unmigrated_database_say_to_migrate(
     result = await run_cli(env, "groups", "list")
     assert result.code == 1
     assert "voicealert migrate" in result.error_line
+
+
+async def test_groups_set_takes_rounds_keeps_them_when_left_out_and_refuses_bad_ones(
+    cli_env: dict[str, str], db_conn: asyncpg.Connection
+) -> None:
+    created = await run_cli(cli_env, "groups", "set", "ops", "--member", "Alice=+14155550100")
+    assert "rounds: 3, 120 s apart" in created.stdout  # the defaults
+    tuned = await run_cli(cli_env, "groups", "set", "ops", "--member", "Alice=+14155550100",
+                          "--rounds", "5", "--round-delay", "30", "--json")
+    assert tuned.code == 0, tuned.stderr
+    assert (json.loads(tuned.stdout)["rounds"], json.loads(tuned.stdout)["round_delay_s"]) == (
+        5, 30)
+    replaced = await run_cli(cli_env, "groups", "set", "ops", "--member", "Bob=+14155550101")
+    assert "rounds: 5, 30 s apart" in replaced.stdout  # kept when left out
+    refused = await run_cli(cli_env, "groups", "set", "ops", "--member", "Bob=+14155550101",
+                            "--rounds", "0")
+    assert refused.code == 2
+    assert refused.error_line.startswith("voicealert: --rounds: ")
+    group = await db.get_group(db_conn, "default", "ops")
+    assert group is not None
+    assert (group.rounds, [m.name for m in group.members]) == (5, ["Bob"])

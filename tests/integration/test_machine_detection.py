@@ -61,11 +61,11 @@ async def test_a_machine_answer_in_parallel_counts_as_unanswered(
     start_worker: Any,
 ) -> None:
     fake_twilio.set_outcome(PHONES[0], "completed", answered_by="machine")
-    await make_group(db_conn, phones=PHONES[:1])
+    await make_group(db_conn, phones=PHONES[:1], rounds=1)
     await start_worker(settings)
     await fire(settings, alert_id="par")
 
-    await _status(db_conn, "par", "unanswered")
+    await _status(db_conn, "par", "unacknowledged")
     [row] = await calls_of(db_conn, "par")
     assert (row.status, row.answered_by) == ("completed", "machine_start")
 
@@ -107,7 +107,7 @@ async def test_a_machine_is_left_a_short_voicemail_when_configured(
                               "VOICEALERT_MACHINE_DETECTION": "DetectMessageEnd"})
     fake_twilio.play_twiml = True
     fake_twilio.set_outcome(PHONES[0], "completed", answered_by="machine")
-    await make_group(db_conn, phones=PHONES[:1])
+    await make_group(db_conn, phones=PHONES[:1], rounds=1)
     await start_web(settings)
     await start_worker(settings)
     await fire(settings, alert_id="vm", message="Disk full on db-1")

@@ -109,6 +109,47 @@ async def test_fire_many_writes_nothing_when_one_event_is_invalid(
     assert await stream_entries(text_redis, prefix) == []
 
 
+async def test_fire_many_takes_none_as_absent_like_fire(
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    await producer.fire_many([
+        {"alert_id": "a", "group": "ops", "message": "m", "tenant": None, "mode": None,
+         "dedup_window_s": None, "metadata": None, "event_id": None},
+        {"alert_id": "b", "group": "ops", "message": "m"},
+    ])
+    stored = [parsed(fields) for _, fields in await stream_entries(text_redis, prefix)]
+    assert stored == [AlertEvent(alert_id="a", group="ops", message="m"),
+                      AlertEvent(alert_id="b", group="ops", message="m")]
+
+
+async def test_fire_many_names_the_field_of_the_first_invalid_event(
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    events: list[AlertEvent | dict[str, Any]] = [
+        AlertEvent(alert_id="ok", group="ops", message="m"),
+        {"alert_id": "a", "group": "ops", "message": "\x00\x01"},
+        {"alert_id": "b", "group": "ops", "message": "m", "mode": "serial"},
+    ]
+    with pytest.raises(ValidationError) as info:
+        await producer.fire_many(events)
+    assert (info.value.field, info.value.reason) == ("message", "must not be blank")
+    assert await stream_entries(text_redis, prefix) == []
+
+
+async def test_fire_many_writes_events_without_their_default_fields(
+    producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
+) -> None:
+    await producer.fire_many([
+        {"alert_id": "a", "group": "ops", "message": "m", "tenant": "default",
+         "dedup_window_s": 300},
+        AlertEvent(alert_id="b", group="ops", message="m", mode="sequential"),
+    ])
+    written = [json.loads(fields["event"]) for _, fields in await stream_entries(text_redis,
+                                                                                 prefix)]
+    assert written == [{"alert_id": "a", "group": "ops", "message": "m"},
+                       {"alert_id": "b", "group": "ops", "message": "m", "mode": "sequential"}]
+
+
 async def test_fire_many_of_nothing_writes_nothing(
     producer: AlertProducer, text_redis: redis.asyncio.Redis, prefix: str
 ) -> None:

@@ -44,7 +44,7 @@ async def test_callbacks_in_any_order_end_each_call_in_its_final_state(
     fake_twilio.callbacks_before_create = before_create
     fake_twilio.set_outcome(PHONES[1], "busy")
     fake_twilio.set_outcome(PHONES[2], "no-answer")
-    await make_group(db_conn)
+    await make_group(db_conn, rounds=1)
     await start_web(webhook_settings)
     await start_worker(webhook_settings)
     await fire(webhook_settings, alert_id="cb")

@@ -98,18 +98,18 @@ async def test_sequential_rings_next_member_on_no_answer_and_stops_when_answered
     assert (third.phone, third.attempts, third.provider_sid) == (PHONES[2], 0, None)
 
 
-async def test_sequential_with_nobody_answering_rings_each_in_order_and_ends_unanswered(
+async def test_sequential_with_nobody_answering_rings_each_in_order_and_ends_unacknowledged(
     settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio, start_worker: Any,
 ) -> None:
     fake_twilio.default_outcome = "no-answer"
-    await make_group(db_conn)
+    await make_group(db_conn, rounds=1)
     await start_worker()
     await fire(settings, alert_id="seq", mode="sequential")
 
-    async def unanswered() -> bool:
-        return await alert_status(db_conn, "seq") == "unanswered"
+    async def unacknowledged() -> bool:
+        return await alert_status(db_conn, "seq") == "unacknowledged"
 
-    await wait_for(unanswered, what="alert unanswered")
+    await wait_for(unacknowledged, what="alert unacknowledged")
     rows = await calls_of(db_conn, "seq")
     assert [(r.phone, r.status) for r in rows] == [(p, "no-answer") for p in PHONES]
     assert posted_to(fake_twilio) == PHONES

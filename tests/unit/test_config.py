@@ -55,6 +55,11 @@ def test_values_are_read_from_their_variables() -> None:
     assert settings.twilio_api_base_url == "http://127.0.0.1:9999"
 
 
+@pytest.mark.parametrize("rate", ["0.01", "10000"])
+def test_call_rate_accepts_its_bounds(rate: str) -> None:
+    assert load_settings({"VOICEALERT_CALLS_PER_SECOND": rate}).calls_per_second == float(rate)
+
+
 def test_process_environment_is_read_when_no_mapping_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -120,7 +125,7 @@ def test_from_number_that_is_not_e164_names_the_variable() -> None:
         ("VOICEALERT_CALLS_PER_SECOND", "0"),
         ("VOICEALERT_CALLS_PER_SECOND", "-1"),
         ("VOICEALERT_CALLS_PER_SECOND", "fast"),
-        ("VOICEALERT_CALLS_PER_SECOND", "1001"),
+        ("VOICEALERT_CALLS_PER_SECOND", "10001"),
         ("VOICEALERT_PROVIDER", "vonage"),
         ("VOICEALERT_REDIS_PREFIX", ""),
         ("VOICEALERT_INGEST_BATCH", "0"),

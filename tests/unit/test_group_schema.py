@@ -101,3 +101,13 @@ def test_unknown_fields_are_refused() -> None:
 
 def test_a_group_may_have_no_members() -> None:
     assert group_spec("default", "paused", []).members == []
+
+
+def test_rounds_are_optional_and_bounded() -> None:
+    assert (group_spec("default", "g", [ALICE]).rounds, group_spec(
+        "default", "g", [ALICE], rounds=5, round_delay_s=0).round_delay_s) == (None, 0)
+    for rounds, delay, field in [(0, None, "rounds"), (21, None, "rounds"),
+                                 (None, -1, "round_delay_s"), (None, 86401, "round_delay_s")]:
+        with pytest.raises(pydantic.ValidationError) as info:
+            group_spec("default", "g", [ALICE], rounds=rounds, round_delay_s=delay)
+        assert describe_errors(info.value)[0][0] == field

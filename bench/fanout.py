@@ -1,0 +1,99 @@
+"""Fan-out: one event to a 1,000-member group, every call placed as fast as the worker can.
+
+One replica, the simulated provider, the call rate raised out of the way
+(``VOICEALERT_CALLS_PER_SECOND`` 10,000: its 0.1 ms spacing is far below anything else here).
+The figure is members / (XADD → the last call has its provider sid). Baseline, same run: a
+plain arq worker (``bench.arq_noop``: max_jobs 50, poll 0.05 s) running as many no-op jobs,
+enqueued in one round trip; its figure is jobs / (enqueue → queue empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+
+import asyncpg
+import redis.asyncio
+
+from bench.arq_noop import NOOP
+from bench.common import Place, async_wait_until, phones, processes, wait_until, workers
+from bench.figures import Benchmark, Figure, Goal, Sample, Sizes
+from schema import AlertEvent
+from worker.queue import ScheduledJob, enqueue_many
+
+GROUP = "fanout"
+CALLS_PER_SECOND = "10000"
+
+
+async def _fire_and_wait(place: Place, members: int, check: Callable[[], None]) -> float:
+    client = redis.asyncio.Redis.from_url(place.redis_url)
+    conn = await asyncpg.connect(place.database_url, timeout=10)
+    event = AlertEvent(alert_id="fanout", group=GROUP, message="Everyone: the site is down")
+
+    async def placed() -> bool:
+        count = await conn.fetchval("SELECT count(*) FROM calls WHERE provider_sid IS NOT NULL")
+        return bool(count == members)
+
+    try:
+        started = time.monotonic()
+        await client.xadd(place.keys.events, event.to_entry())
+        finished = await async_wait_until(placed, 300, check, interval_s=0.005,
+                                          what="every call to be placed")
+        return members / (finished - started)
+    finally:
+        await conn.close()
+        await client.aclose()
+
+
+def voicealert_rate(place: Place, members: int) -> float:
+    place.reset()
+    place.set_group(GROUP, phones(members))
+    env = place.worker_env(VOICEALERT_CALLS_PER_SECOND=CALLS_PER_SECOND)
+    with workers(place, env, 1, label="fanout") as procs:
+        return asyncio.run(_fire_and_wait(place, members, procs.check_alive))
+
+
+async def _enqueue_and_wait(place: Place, queue: str, jobs: int) -> float:
+    client = redis.asyncio.Redis.from_url(place.redis_url)
+
+    async def empty() -> bool:
+        return bool(await client.zcard(queue) == 0)
+
+    try:
+        now_ms = int(time.time() * 1000)
+        scheduled = [ScheduledJob(NOOP, f"{place.prefix}noop:{i}", (i,), now_ms)
+                     for i in range(jobs)]
+        started = time.monotonic()
+        await enqueue_many(client, queue, scheduled, expires_ms=600_000)
+        finished = await async_wait_until(empty, 300, interval_s=0.005, what="the no-op jobs")
+        return jobs / (finished - started)
+    finally:
+        await client.aclose()
+
+
+def arq_rate(place: Place, jobs: int) -> float:
+    place.delete_keys()
+    queue = f"{place.prefix}noop-queue"
+    env = place.worker_env()
+    with processes([([sys.executable, "-m", "bench.arq_noop", queue], env)], "arq-noop") as procs:
+        client = place.client()
+        wait_until(lambda: bool(client.exists(f"{queue}:health-check")), 60, procs.check_alive,
+                   what="the arq worker to start")
+        client.close()
+        return asyncio.run(_enqueue_and_wait(place, queue, jobs))
+
+
+def figures(sizes: Sizes) -> list[Figure]:
+    return [Figure("fanout", f"fan-out: {sizes.fanout_members:,} members, simulated provider, "
+                   "no rate limit", "calls/s", "arq no-op jobs, max_jobs 50, poll 0.05 s",
+                   Goal(0.8))]
+
+
+def run(place: Place, sizes: Sizes) -> dict[str, Sample]:
+    baseline = arq_rate(place, sizes.fanout_members)
+    return {"fanout": Sample(voicealert_rate(place, sizes.fanout_members), baseline)}
+
+
+BENCHMARK = Benchmark("fanout", "one event to a large group vs arq no-op jobs", figures, run)
