@@ -73,17 +73,23 @@ async def _show(settings: Settings, as_json: bool) -> int:
     try:
         snapshot = await read_snapshot(settings)
     except Unreachable as exc:
-        if as_json:
-            print_json({"state": "unreachable", "error": str(exc),
-                        "at": datetime.now(UTC).isoformat()})
-        click.echo(f"voicealert: {exc}", err=True)
-        return UNREACHABLE
+        return _cannot_tell(str(exc), as_json)
+    except Exception as exc:  # a state this version cannot read: still one line, no traceback
+        return _cannot_tell(f"cannot read the status: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}", as_json)
     if as_json:
         print_json(snapshot.to_json())
     else:
         for line in render(snapshot):
             click.echo(line)
     return HEALTHY if snapshot.healthy else DEGRADED
+
+
+def _cannot_tell(error: str, as_json: bool) -> int:
+    if as_json:
+        print_json({"state": "unreachable", "error": error, "at": datetime.now(UTC).isoformat()})
+    click.echo(f"voicealert: {error}", err=True)
+    return UNREACHABLE
 
 
 async def read_snapshot(settings: Settings) -> Snapshot:

@@ -457,9 +457,12 @@ async def rate_schedule(
         pipe.get(keys.rate_limit)
         pipe.time()
         tat_raw, (seconds, micros) = await pipe.execute()
-    now_ms = seconds * 1000 + micros // 1000
-    tat = int(tat_raw) if tat_raw is not None else 0
-    return RateSchedule(calls_per_second, max(0, tat - now_ms) / 1000)
+    now_ms = seconds * 1000 + micros / 1000
+    try:  # epoch milliseconds, possibly with a fraction (worker/ratelimit.py)
+        tat = float(tat_raw) if tat_raw is not None else 0.0
+    except ValueError:
+        tat = 0.0
+    return RateSchedule(calls_per_second, round(max(0.0, tat - now_ms) / 1000, 3))
 
 
 async def _database_part(settings: Settings, conn: db.Executor) -> DatabaseState:

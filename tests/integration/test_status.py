@@ -81,6 +81,7 @@ async def test_status_with_twenty_calls_waiting_at_one_per_second_says_the_last_
 
     await wait_for(scheduled, what="20 call jobs scheduled")
     result = await run_cli(slow, "status", "--json")
+    assert result.stdout, result.stderr
     snapshot = json.loads(result.stdout)
     # 20 slots at 1/s from the fan-out on: the schedule is free ~20 s later, minus the second
     # or so this command took to start.
