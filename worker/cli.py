@@ -117,7 +117,7 @@ async def check_worker(settings: Settings) -> int:
 @with_environment("every setting (docs/contracts.md#configuration)")
 @cli.command()
 def web() -> None:
-    """Run the web process: health and readiness now, webhooks and the API as they come."""
+    """Run the web process: the HTTP API (/v1), health and readiness, webhooks."""
     from worker.web import run_web
 
     settings = current_settings()
