@@ -117,3 +117,21 @@ async def test_lines_of_a_job_and_arqs_line_after_it_carry_its_call_and_alert(
         assert (line["call"], line["alert"], line["alert_id"], line["tenant"]) == (
             12, 4, "db-down", "acme")
     assert "call" not in outside
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_console_logs_are_coloured_on_a_terminal_and_plain_elsewhere() -> None:
+    terminal, pipe = _Terminal(), io.StringIO()
+    try:
+        for stream in (terminal, pipe):
+            configure_logging("console", "info", stream=stream)
+            get_logger("worker.calls").warning("call.throttled", call=3)
+    finally:
+        configure_logging("console", "warning")
+    assert "\x1b[" in terminal.getvalue()
+    assert "\x1b[" not in pipe.getvalue()
+    assert "call.throttled" in pipe.getvalue()
