@@ -118,7 +118,7 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
     if attempt is None:
         return "not-dialable"
     metrics.dialing(call, attempt)
-    bound.debug("call.dialing", to=call.phone, attempt=attempt)
+    bound.info("call.dialing", to=call.phone, attempt=attempt)
     started = time.monotonic()
     try:
         placed = await s.provider.create_call(
@@ -138,7 +138,7 @@ async def _dial(s: Services, call: CallJob, job_try: int) -> str:
                       retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     bound.info("call.placed", sid=placed.sid, status=placed.status, attempt=attempt,
-               to=call.phone, provider_ms=round((time.monotonic() - started) * 1000, 1))
+               provider_ms=round((time.monotonic() - started) * 1000, 1))
     await record_provider_call(s, call, placed)
     return "placed"
 
