@@ -40,7 +40,7 @@ from worker.connections import open_redis
 from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
-from worker.jobs import JobFunction, after_job_end, call_job
+from worker.jobs import IN_PROGRESS_MARGIN_S, JobFunction, after_job_end, call_job
 from worker.keys import Keys
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
@@ -62,13 +62,13 @@ from worker.queue import (
 from worker.ratelimit import RateLimiter
 from worker.services import Services
 from worker.simulated import SimulatedProvider
+from worker.sweeper import Sweeper
 from worker.twilio_provider import TwilioProvider
 
 log = get_logger(__name__)
 
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
-IN_PROGRESS_MARGIN_S = 5.0
 
 
 def open_worker_redis(settings: Settings) -> ArqRedis:
@@ -184,6 +184,8 @@ class WorkerProcess:
         self.keys = Keys(settings.redis_prefix)
         self.consumer: StreamConsumer | None = None
         self.consumer_task: asyncio.Task[None] | None = None
+        self.sweeper: Sweeper | None = None
+        self.sweeper_task: asyncio.Task[None] | None = None
         self.exit_code = 0
         self._signals = 0
         self.started_at = time.time()
@@ -262,6 +264,8 @@ class WorkerProcess:
         self.consumer = StreamConsumer(services)
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="stream-consumer")
         self.consumer_task.add_done_callback(self._consumer_ended)
+        self.sweeper = Sweeper(services)
+        self.sweeper_task = asyncio.create_task(self.sweeper.run(), name="sweeper")
         log.info("worker.started", consumer=self.settings.consumer_name,
                  provider=self.settings.provider_name,
                  redis=redact_url(self.settings.redis_url),
@@ -278,6 +282,10 @@ class WorkerProcess:
         self.worker.handle_sig(signal.SIGTERM)
 
     async def _shutdown(self, ctx: dict[str, Any]) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        if self.sweeper_task is not None:
+            self.sweeper_task.cancel()  # a sweep half done is redone by the next one
         if self.consumer is not None:
             self.consumer.stop()
         if self.consumer_task is not None and not self.consumer_task.done():

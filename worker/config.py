@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     call_job_timeout_s: float = Field(default=15.0, gt=0)
     database_timeout_s: float = Field(default=5.0, gt=0, le=300)
     redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    sweep_interval_s: float = Field(default=30.0, gt=0, le=60)
     provider_timeout_s: float = Field(default=5.0, gt=0)
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
     poll_margin_s: float = Field(default=30.0, ge=0)

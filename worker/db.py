@@ -16,7 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
-from schema import DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
+from schema import DEDUP_WINDOW_MAX_S, DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
 from worker import connections
 from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
@@ -40,6 +40,7 @@ from worker.models import (
     CallStatus,
     CallUpdate,
     DeadLetter,
+    DedupWindow,
     Duplicate,
     DuplicateSpan,
     Group,
@@ -48,10 +49,12 @@ from worker.models import (
     LiveCall,
     NewAlert,
     NewDeadLetter,
+    OpenAlert,
     RoundStart,
     StatusSource,
     StoredAlert,
     TokenScope,
+    UnfinishedCall,
 )
 
 Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
@@ -1286,3 +1289,75 @@ async def live_key_ids(db: Executor, key_ids: Sequence[str]) -> set[str]:
         list(key_ids),
     )
     return {r["key_id"] for r in rows}
+
+
+# --- the sweeper: what Postgres says should be live in Redis ---------------------------------
+
+
+async def unfinished_calls(db: Executor, limit: int = 10_000) -> list[UnfinishedCall]:
+    """Calls not ended (index ``calls_unfinished_idx``), oldest first."""
+    rows = await db.fetch(
+        """
+        SELECT c.id, c.alert, c.position, c.status, c.merged_into,
+               extract(epoch FROM now() - c.updated_at)::float8 AS idle_s,
+               a.mode, a.status AS alert_status
+        FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE call_status_rank(c.status) < 5
+        ORDER BY c.id
+        LIMIT $1
+        """,
+        limit,
+    )
+    return [UnfinishedCall(**{**dict(r), "status": CallStatus(r["status"]),
+                              "alert_status": AlertStatus(r["alert_status"])}) for r in rows]
+
+
+async def open_alerts(db: Executor, limit: int = 10_000) -> list[OpenAlert]:
+    """Alerts still calling, or with calls not ended, with where their round stands."""
+    rows = await db.fetch(
+        """
+        WITH candidates AS (
+            SELECT id FROM alerts WHERE status = ANY($1::text[])
+            UNION
+            SELECT DISTINCT alert FROM calls WHERE call_status_rank(status) < 5
+            LIMIT $2
+        )
+        SELECT a.id, a.status, a.round,
+               extract(epoch FROM a.next_round_at - now())::float8 AS next_round_in_s,
+               extract(epoch FROM now() - greatest(a.updated_at, max(c.updated_at)))::float8
+                   AS idle_s,
+               count(c.id) FILTER (WHERE call_status_rank(c.status) BETWEEN 1 AND 4) AS active,
+               coalesce(array_agg(c.id ORDER BY c.position) FILTER (WHERE c.status = $3),
+                        '{}') AS pending
+        FROM candidates k JOIN alerts a ON a.id = k.id
+        LEFT JOIN calls c ON c.alert = a.id AND c.round = a.round
+        GROUP BY a.id
+        ORDER BY a.id
+        """,
+        list(OPEN_ALERT_STATUSES),
+        limit,
+        CallStatus.PENDING,
+    )
+    return [OpenAlert(**{**dict(r), "status": AlertStatus(r["status"]),
+                         "pending": list(r["pending"])}) for r in rows]
+
+
+async def open_dedup_windows(db: Executor) -> list[DedupWindow]:
+    """The dedup lock each alert_id should hold now: its latest alert that took one and whose
+    window (from when it was stored) is still open, unless a resolve cleared it."""
+    rows = await db.fetch(
+        """
+        SELECT DISTINCT ON (tenant, alert_id) tenant, alert_id, event_key AS owner,
+               ceil(extract(epoch FROM received_at + make_interval(secs => dedup_window_s)
+                                        - now()))::int AS remaining_s
+        FROM alerts
+        WHERE received_at > now() - make_interval(secs => $1)
+          AND dedup_window_s > 0
+          AND received_at + make_interval(secs => dedup_window_s) > now()
+          AND NOT status = ANY($2::text[])
+        ORDER BY tenant, alert_id, received_at DESC
+        """,
+        DEDUP_WINDOW_MAX_S,
+        [AlertStatus.RESOLVED, *RANG_NOBODY_ALERT_STATUSES],
+    )
+    return [DedupWindow(**dict(r)) for r in rows if r["remaining_s"] > 0]

@@ -347,7 +347,9 @@ def _rang_nobody_letter(rang: RangNobody) -> NewDeadLetter | None:
 def _group_lost(exc: redis.exceptions.ResponseError) -> bool:
     """Whether Redis answered that the stream or its consumer group does not exist."""
     text = str(exc)
-    return text.startswith("NOGROUP") or "no such key" in text
+    # NOGROUP: reading a group that is gone; UNBLOCKED: the stream vanished under a blocked
+    # read; "no such key": XINFO on a stream that is gone.
+    return text.startswith(("NOGROUP", "UNBLOCKED")) or "no such key" in text
 
 
 def _stream_id_tuple(stream_id: str) -> tuple[int, int]:

@@ -39,6 +39,10 @@ log = get_logger(__name__)
 
 JobFunction = Callable[[dict[str, Any], int], Coroutine[Any, Any, str]]
 
+#: arq keeps a running job's in-progress lock for its timeout plus this margin (worker/app.py
+#: shortens arq's 10 s): how long a replica that died may still look like it runs a job.
+IN_PROGRESS_MARGIN_S = 5.0
+
 # What a run left in arq's per-run ctx for after_job_end (the same dict).
 _RUN = "voicealert.run"
 _RETURNED = "voicealert.returned"

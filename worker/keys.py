@@ -41,6 +41,11 @@ class Keys:
         return f"{self.prefix}dedup:{len(tenant)}:{tenant}:{alert_id}"
 
     @property
+    def sweeper_lock(self) -> str:
+        """Held by the replica sweeping this interval (worker/sweeper.py): one at a time."""
+        return f"{self.prefix}sweeper:lock"
+
+    @property
     def rate_limit(self) -> str:
         """The global outbound-call schedule (GCRA theoretical arrival time)."""
         return f"{self.prefix}ratelimit:calls"

@@ -86,6 +86,20 @@ DEAD_LETTERS = Counter(
 # --- the pipeline's one-line calls ----------------------------------------------------------
 
 
+SWEEPER_REPAIRS = Counter(
+    "voicealert_sweeper_repairs",
+    "What the sweeper re-created because Redis had lost it, by kind (place, redial, follow, "
+    "round, decide, dedup_lock).",
+    ["kind"],
+)
+
+
+def sweeper_repaired(counts: dict[str, int]) -> None:
+    for kind, count in counts.items():
+        if count:
+            SWEEPER_REPAIRS.labels(kind).inc(count)
+
+
 def events_ingested(actions: Iterable[str]) -> None:
     for action, count in collections.Counter(actions).items():
         EVENTS_INGESTED.labels(action).inc(count)

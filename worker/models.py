@@ -404,6 +404,46 @@ class ApiToken:
         }
 
 
+# --- what the sweeper compares with Redis ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnfinishedCall:
+    """A call not ended yet, with what decides which job should be following it."""
+
+    id: int
+    alert: int
+    position: int
+    status: CallStatus
+    merged_into: int | None
+    idle_s: float  # since the row last changed
+    mode: str
+    alert_status: AlertStatus
+
+
+@dataclass(frozen=True)
+class OpenAlert:
+    """An alert still calling, or with calls not ended: its progress is decided by jobs."""
+
+    id: int
+    status: AlertStatus
+    round: int
+    next_round_in_s: float | None  # set while waiting for its next round
+    idle_s: float
+    active: int  # calls of its round being dialed or at the provider
+    pending: list[int]  # its round's calls not placed yet, in ring order
+
+
+@dataclass(frozen=True)
+class DedupWindow:
+    """A dedup lock that should be held: the alert that took it and what is left of it."""
+
+    tenant: str
+    alert_id: str
+    owner: str
+    remaining_s: int
+
+
 # --- dead letters -------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
 PLACE_CALL = "place_call"
@@ -63,6 +63,18 @@ def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
     if not value.startswith(prefix) or function is None or not call.isdigit():
         return None
     return function, int(call)
+
+
+async def live_jobs(redis: ArqRedis, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` arq still has: queued or deferred (its job key) or running (its
+    in-progress key). One pipelined round trip."""
+    if not job_ids:
+        return set()
+    async with redis.pipeline(transaction=False) as pipe:
+        for jid in job_ids:
+            pipe.exists(job_key_prefix + jid, in_progress_key_prefix + jid)
+        found = await pipe.execute()
+    return {jid for jid, count in zip(job_ids, found, strict=True) if count}
 
 
 @dataclass(frozen=True)

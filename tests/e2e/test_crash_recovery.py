@@ -24,9 +24,9 @@ from testing.fake_twilio import FakeTwilio
 from tests.e2e.workers import SpawnWorker, WorkerProc
 from tests.helpers import fire, make_group, stream_drained, wait_for
 from worker import db
-from worker.app import IN_PROGRESS_MARGIN_S
 from worker.calls import place_call
 from worker.config import Settings
+from worker.jobs import IN_PROGRESS_MARGIN_S
 from worker.keys import Keys
 
 GROUP_SIZE = 200
