@@ -26,14 +26,28 @@ GROUP = "demo-oncall"
 MEMBERS = ["Alice=+14155550100", "Bob=+14155550101", "Carol=+14155550102"]
 
 
-def run(*args: str) -> str:
+def run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
     print(f"$ voicealert {' '.join(args)}", flush=True)
     result = subprocess.run([*VOICEALERT, *args], capture_output=True, text=True, check=False)
     sys.stdout.write(result.stdout)
-    if result.returncode != 0:
+    if result.returncode not in ok:
         sys.stderr.write(result.stderr)
         raise SystemExit(f"demo: `voicealert {' '.join(args)}` exited {result.returncode}")
     return result.stdout
+
+
+def wait_until_alive(worker: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the worker's heartbeat is up (`voicealert fire` refuses an event nobody reads)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"demo: the worker exited with {worker.returncode}; see {log_path}")
+        check = subprocess.run([*VOICEALERT, "worker", "--check"], capture_output=True,
+                               check=False)
+        if check.returncode == 0:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"demo: the worker was not alive within 30 s; see {log_path}")
 
 
 def main() -> int:
@@ -52,6 +66,7 @@ def main() -> int:
     with log_path.open("w") as log_file:
         worker = subprocess.Popen([*VOICEALERT, "worker"], stdout=log_file, stderr=log_file)
     try:
+        wait_until_alive(worker, log_path)
         alert_id = f"demo-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
         entry_id = run("fire", "--group", GROUP, "--alert-id", alert_id,
@@ -79,6 +94,8 @@ def main() -> int:
             raise SystemExit(f"demo: calls did not finish within 60 s; see {log_path}")
         print(f"all {len(rows)} calls ended {time.monotonic() - started:.1f}s after the event")
         run("calls", "--alert-id", alert_id)
+        run("alerts", "show", alert_id)
+        run("status", ok=(0, 1))  # 1: degraded, which the screen explains
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)
