@@ -30,7 +30,7 @@ async def calls(alert_id: str | None, status: str | None, tenant: str | None, li
         click.echo("no calls")
         return
     header = f"{'call':>6}  {'alert_id':<20} {'rnd':>3} {'member':<14} {'phone':<16} " \
-             f"{'status':<12} {'tries':>5} {'dur':>4}  {'answered_by':<12} {'ack':<14} error"
+             f"{'status':<12} {'tries':>5} {'dur':>4}  {'answered_by':<16} {'ack':<14} error"
     click.echo(header)
     for r in rows:
         error = f"{r.error_code or ''} {r.error_message or ''}".strip()
@@ -39,7 +39,7 @@ async def calls(alert_id: str | None, status: str | None, tenant: str | None, li
         click.echo(f"{r.id:>6}  {r.alert_id[:20]:<20} {r.round:>3} {r.member_name[:14]:<14} "
                    f"{mask_phone_numbers(r.phone):<16} {r.status:<12} {r.attempts:>5} "
                    f"{r.duration_s if r.duration_s is not None else '-':>4}  "
-                   f"{(r.answered_by or '-')[:12]:<12} {_acknowledged(r)[:14]:<14} {error}")
+                   f"{(r.answered_by or '-')[:16]:<16} {_acknowledged(r)[:14]:<14} {error}")
 
 
 def _acknowledged(row: CallRow) -> str:
