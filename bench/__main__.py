@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         PROFILER.clear()
     if args.profile is not None:
         for output in sorted(args.profile.glob("*.txt")):
-            print(f"== profile {output.name}")
+            print(f"== profile {output.name}"
+                  f" ({'GIL held: Python CPU' if output.name.endswith('.gil.txt') else 'busy'})")
             print(summarize(output))
     if write:
         report.write(args.output, results, place=place, sizes=args.size, runs=args.runs,

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,8 +149,8 @@ class Place:
             "DATABASE_URL": self.database_url,
             "VOICEALERT_REDIS_PREFIX": self.prefix,
             "VOICEALERT_PROVIDER": "simulated",
+            # As in production: JSON lines at the default level (info), into a file.
             "VOICEALERT_LOG_FORMAT": "json",
-            "VOICEALERT_LOG_LEVEL": "warning",
         })
         env.update(overrides)
         return env
@@ -202,23 +204,32 @@ class WorkerDied(RuntimeError):
 
 @dataclass
 class Profiler:
-    """``py-spy record`` attached to each process a benchmark starts (``--profile DIR``)."""
+    """``python -m bench --profile DIR``: two ``py-spy record`` per process a benchmark starts,
+    into DIR/NN-LABEL.txt (every sample not idle: CPU, and waits such as a socket write that
+    woke Redis or Postgres and lost the core to it) and NN-LABEL.gil.txt (samples holding the
+    GIL: the process's own Python CPU); the process's log is kept as NN-LABEL.log."""
 
     directory: Path
-    rate: int = 250
-    outputs: list[Path] = field(default_factory=list)
+    rate: int = 100
+    _runs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def attach(self, pid: int, label: str) -> subprocess.Popen[bytes]:
+    def name(self, label: str) -> str:
+        return f"{next(self._runs):02d}-{label}"
+
+    def attach(self, pid: int, name: str) -> list[subprocess.Popen[bytes]]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        output = self.directory / f"{label}.txt"
-        self.outputs.append(output)
         py_spy = Path(sys.executable).with_name("py-spy")
-        return subprocess.Popen(
-            [str(py_spy if py_spy.exists() else "py-spy"), "record", "--pid", str(pid),
-             "--rate", str(self.rate), "--format", "raw", "--output", str(output),
-             "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        command = [str(py_spy if py_spy.exists() else "py-spy"), "record", "--pid", str(pid),
+                   "--rate", str(self.rate), "--format", "raw", "--nonblocking"]
+        return [
+            subprocess.Popen([*command, *extra, "--output", str(self.directory / output)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for extra, output in (([], f"{name}.txt"), (["--gil"], f"{name}.gil.txt"))
+        ]
+
+    def keep_log(self, log: Path, name: str) -> None:
+        if log.exists():
+            shutil.copyfile(log, self.directory / f"{name}.log")
 
 
 # Set by ``python -m bench --profile DIR``: every worker started while it is set is profiled.
@@ -236,6 +247,10 @@ class Processes:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.popens]
+
+    def cpu_s(self) -> float:
+        """CPU seconds the processes used so far, together."""
+        return sum(usage(pid).cpu_s for pid in self.pids)
 
     def check_alive(self) -> None:
         for popen, log in zip(self.popens, self.logs, strict=True):
@@ -272,14 +287,18 @@ def processes(
                 popens.append(subprocess.Popen(argv, env=env, stdout=out,
                                                stderr=subprocess.STDOUT, cwd=REPO))
         procs = Processes(popens, logs)
+        names = [(profiler, [profiler.name(f"{label}-{i}") for i in range(len(popens))])
+                 for profiler in PROFILER]
         try:
-            for profiler in PROFILER:
-                procs.profilers += [
-                    profiler.attach(p.pid, f"{label}-{i}") for i, p in enumerate(popens)
-                ]
+            for profiler, profiled in names:
+                for popen, name in zip(popens, profiled, strict=True):
+                    procs.profilers += profiler.attach(popen.pid, name)
             yield procs
         finally:
             procs.stop()
+            for profiler, profiled in names:
+                for log, name in zip(logs, profiled, strict=True):
+                    profiler.keep_log(log, name)
 
 
 @contextlib.contextmanager

@@ -12,13 +12,21 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import asyncpg
 import redis.asyncio
 
 from bench.arq_noop import NOOP
-from bench.common import Place, async_wait_until, phones, processes, wait_until, workers
+from bench.common import (
+    Place,
+    Processes,
+    async_wait_until,
+    phones,
+    processes,
+    wait_until,
+    workers,
+)
 from bench.figures import Benchmark, Figure, Goal, Sample, Sizes
 from schema import AlertEvent
 from worker.queue import ScheduledJob, enqueue_many
@@ -27,7 +35,13 @@ GROUP = "fanout"
 CALLS_PER_SECOND = "10000"
 
 
-async def _fire_and_wait(place: Place, members: int, check: Callable[[], None]) -> float:
+@dataclass(frozen=True)
+class Placed:
+    per_s: float
+    cpu_ms_each: float  # the worker's CPU per call (or per no-op job)
+
+
+async def _fire_and_wait(place: Place, members: int, procs: Processes) -> Placed:
     client = redis.asyncio.Redis.from_url(place.redis_url)
     conn = await asyncpg.connect(place.database_url, timeout=10)
     event = AlertEvent(alert_id="fanout", group=GROUP, message="Everyone: the site is down")
@@ -37,25 +51,26 @@ async def _fire_and_wait(place: Place, members: int, check: Callable[[], None]) 
         return bool(count == members)
 
     try:
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), procs.cpu_s()
         await client.xadd(place.keys.events, event.to_entry())
-        finished = await async_wait_until(placed, 300, check, interval_s=0.005,
+        finished = await async_wait_until(placed, 300, procs.check_alive, interval_s=0.005,
                                           what="every call to be placed")
-        return members / (finished - started)
+        cpu = procs.cpu_s() - cpu_before
+        return Placed(members / (finished - started), cpu / members * 1000)
     finally:
         await conn.close()
         await client.aclose()
 
 
-def voicealert_rate(place: Place, members: int) -> float:
+def voicealert_rate(place: Place, members: int) -> Placed:
     place.reset()
     place.set_group(GROUP, phones(members))
     env = place.worker_env(VOICEALERT_CALLS_PER_SECOND=CALLS_PER_SECOND)
     with workers(place, env, 1, label="fanout") as procs:
-        return asyncio.run(_fire_and_wait(place, members, procs.check_alive))
+        return asyncio.run(_fire_and_wait(place, members, procs))
 
 
-async def _enqueue_and_wait(place: Place, queue: str, jobs: int) -> float:
+async def _enqueue_and_wait(place: Place, queue: str, jobs: int, procs: Processes) -> Placed:
     client = redis.asyncio.Redis.from_url(place.redis_url)
 
     async def empty() -> bool:
@@ -65,15 +80,17 @@ async def _enqueue_and_wait(place: Place, queue: str, jobs: int) -> float:
         now_ms = int(time.time() * 1000)
         scheduled = [ScheduledJob(NOOP, f"{place.prefix}noop:{i}", (i,), now_ms)
                      for i in range(jobs)]
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), procs.cpu_s()
         await enqueue_many(client, queue, scheduled, expires_ms=600_000)
-        finished = await async_wait_until(empty, 300, interval_s=0.005, what="the no-op jobs")
-        return jobs / (finished - started)
+        finished = await async_wait_until(empty, 300, procs.check_alive, interval_s=0.005,
+                                          what="the no-op jobs")
+        cpu = procs.cpu_s() - cpu_before
+        return Placed(jobs / (finished - started), cpu / jobs * 1000)
     finally:
         await client.aclose()
 
 
-def arq_rate(place: Place, jobs: int) -> float:
+def arq_rate(place: Place, jobs: int) -> Placed:
     place.delete_keys()
     queue = f"{place.prefix}noop-queue"
     env = place.worker_env()
@@ -82,18 +99,26 @@ def arq_rate(place: Place, jobs: int) -> float:
         wait_until(lambda: bool(client.exists(f"{queue}:health-check")), 60, procs.check_alive,
                    what="the arq worker to start")
         client.close()
-        return asyncio.run(_enqueue_and_wait(place, queue, jobs))
+        return asyncio.run(_enqueue_and_wait(place, queue, jobs, procs))
 
 
 def figures(sizes: Sizes) -> list[Figure]:
-    return [Figure("fanout", f"fan-out: {sizes.fanout_members:,} members, simulated provider, "
-                   "no rate limit", "calls/s", "arq no-op jobs, max_jobs 50, poll 0.05 s",
-                   Goal(0.8))]
+    baseline = "arq no-op jobs, max_jobs 50, poll 0.05 s"
+    return [
+        Figure("fanout", f"fan-out: {sizes.fanout_members:,} members, simulated provider, "
+               "no rate limit", "calls/s", baseline, Goal(0.8)),
+        Figure("fanout_cpu", "the same, worker CPU per call (per job for arq)", "ms", baseline,
+               None),
+    ]
 
 
 def run(place: Place, sizes: Sizes) -> dict[str, Sample]:
     baseline = arq_rate(place, sizes.fanout_members)
-    return {"fanout": Sample(voicealert_rate(place, sizes.fanout_members), baseline)}
+    ours = voicealert_rate(place, sizes.fanout_members)
+    return {
+        "fanout": Sample(ours.per_s, baseline.per_s),
+        "fanout_cpu": Sample(ours.cpu_ms_each, baseline.cpu_ms_each),
+    }
 
 
 BENCHMARK = Benchmark("fanout", "one event to a large group vs arq no-op jobs", figures, run)

@@ -3,7 +3,8 @@ loopback, beside a baseline from the same run: a bare aiohttp handler that only 
 body (no token check, no validation, no rate limit, no access log).
 
 Each server is a process of its own (``voicealert web`` with its default settings, logs at
-info to /dev/null, and the rate limit raised out of the way; the baseline: ``python -m
+info to /dev/null, and the rate limit raised out of the way; then the same at log level
+warning, to show what the one access-log line per request costs; the baseline: ``python -m
 bench.http_api --serve-baseline PORT``); the clients run in this process, one aiohttp
 session, keep-alive connections. Latency is per request, as the client sees it. Nothing
 consumes the stream: this measures the API up to the XADD.
@@ -174,11 +175,13 @@ def run(clients: int, seconds: float, database_url: str, redis_url: str) -> list
         with server(baseline, env, port) as url:
             results.append(asyncio.run(load(url, token, clients, seconds,
                                             "baseline: bare aiohttp + XADD")))
-        port = _free_port()
-        with server([sys.executable, "-m", "worker", "web"],
-                    {**env, "VOICEALERT_WEB_PORT": str(port)}, port) as url:
-            results.append(asyncio.run(load(url, token, clients, seconds,
-                                            "voicealert web POST /v1/alerts")))
+        for label, level in (("voicealert web POST /v1/alerts", "info"),
+                             ("  same, log level warning", "warning")):
+            port = _free_port()
+            with server([sys.executable, "-m", "worker", "web"],
+                        {**env, "VOICEALERT_WEB_PORT": str(port),
+                         "VOICEALERT_LOG_LEVEL": level}, port) as url:
+                results.append(asyncio.run(load(url, token, clients, seconds, label)))
     finally:
         client = redis.Redis.from_url(redis_url)
         for key in client.scan_iter(match=f"{prefix}*", count=1000):

@@ -18,7 +18,6 @@ import asyncio
 import base64
 import binascii
 import json
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from aiohttp import web
 
 from schema import AlertEvent, GroupKey, GroupSpec, describe_errors
 from schema.event import Identifier
+from schema.wire import WireError, loads_event
 from worker import alertmanager, db
 from worker.api_models import (
     Accepted,
@@ -245,19 +245,15 @@ async def _read_json(request: web.Request, *, optional: bool = False) -> Any:
         raise ApiError(415, "the body must be JSON, sent with Content-Type: application/json"
                             f" (got {request.content_type or 'none'})")
     body = await _read_limited(request)
+    # Read exactly as a worker reads an event off the stream (bounded depth, integer digits,
+    # no NaN or Infinity): what the API accepts, a worker can read.
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ApiError(400, "the body is not valid JSON: nested too deeply") from None
-    except ValueError as exc:
-        reason = str(exc)
-        if "integer string conversion" in reason:
-            reason = "a number has too many digits"
-        raise ApiError(400, f"the body is not valid JSON: {reason}") from None
+        return loads_event(body)
+    except WireError as exc:
+        if exc.reason == "invalid_json":
+            detail = exc.error.removeprefix("event is not valid JSON: ")
+            raise ApiError(400, f"the body is not valid JSON: {detail}") from None
+        raise ApiError(400, f"the body is refused ({exc.reason}): {exc.error}") from None
 
 
 async def _read_limited(request: web.Request) -> bytes:
@@ -274,17 +270,6 @@ async def _read_limited(request: web.Request) -> bytes:
 
 def _too_large() -> ApiError:
     return ApiError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
 
 
 def _object(data: Any, what: str) -> dict[str, Any]:
@@ -553,20 +538,22 @@ async def put_group(request: web.Request, principal: Principal) -> web.Response:
     """Create the group or replace its whole member list: 201 when created, else 200."""
     key = _group_key(request, principal)
     body = _object(await _read_json(request), "a group: {\"members\": [...]}")
-    unknown = sorted(set(body) - {"tenant", "members"})
+    unknown = sorted(set(body) - {"tenant", "members", "rounds", "round_delay_s"})
     if unknown:
         raise _invalid("invalid group", [(k, "Extra inputs are not permitted") for k in unknown])
     if body.get("tenant") is not None:
         _check_tenant(_identifier(body["tenant"], "tenant"), principal)
     try:
         spec = GroupSpec.model_validate(
-            {"tenant": key.tenant, "name": key.name, "members": body.get("members")})
+            {"tenant": key.tenant, "name": key.name, "members": body.get("members"),
+             "rounds": body.get("rounds"), "round_delay_s": body.get("round_delay_s")})
     except pydantic.ValidationError as exc:
         raise _invalid("invalid group", describe_errors(exc)) from None
     except RecursionError:
         raise _invalid("invalid group", [("members", "is nested too deeply")]) from None
     group = await _from_db(request, db.upsert_group(
-        request.app[DB], spec.tenant, spec.name, spec.members))
+        request.app[DB], spec.tenant, spec.name, spec.members, rounds=spec.rounds,
+        round_delay_s=spec.round_delay_s))
     request[LOG_FIELDS] = {"group": spec.name, "members": len(spec.members)}
     return _json(201 if group.created_at == group.updated_at else 200, GroupView.of(group))
 

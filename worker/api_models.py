@@ -13,7 +13,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from schema import Member
-from schema.event import Identifier
+from schema.event import ROUND_DELAY_MAX_S, ROUNDS_MAX, Identifier
 from worker.logs import mask_phone_numbers
 from worker.models import AlertCall, AlertRow, Group
 
@@ -247,6 +247,8 @@ class GroupView(_Body):
     tenant: str
     name: str
     members: list[MemberView]
+    rounds: int = Field(description="Rounds of calls while nobody acknowledges.")
+    round_delay_s: int = Field(description="Seconds between two rounds.")
     created_at: datetime
     updated_at: datetime
 
@@ -255,6 +257,7 @@ class GroupView(_Body):
         return cls(
             tenant=group.tenant, name=group.name,
             members=[MemberView(name=m.name, phone=m.phone) for m in group.members],
+            rounds=group.rounds, round_delay_s=group.round_delay_s,
             created_at=group.created_at, updated_at=group.updated_at,
         )
 
@@ -270,3 +273,9 @@ class GroupBody(_Body):
     model_config = ConfigDict(frozen=True, extra="forbid")
     tenant: Identifier | None = Field(default=None, description="If given, the token's.")
     members: list[Member]
+    rounds: int | None = Field(
+        default=None, ge=1, le=ROUNDS_MAX,
+        description="Rounds while nobody acknowledges (new group: 3; left out: kept).")
+    round_delay_s: int | None = Field(
+        default=None, ge=0, le=ROUND_DELAY_MAX_S,
+        description="Seconds between rounds (new group: 120; left out: kept).")

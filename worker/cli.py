@@ -64,7 +64,7 @@ def worker() -> None:
 
 @cli.command()
 def web() -> None:
-    """Run the web process: health and readiness now, webhooks and the API as they come."""
+    """Run the web process: the HTTP API (/v1), health and readiness, webhooks."""
     from worker.web import run_web
 
     settings = current_settings()

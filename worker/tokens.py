@@ -188,6 +188,8 @@ class TokenVerifier:
                 await self._listen(database_url)
             except DATABASE_UNAVAILABLE as exc:
                 log.debug("api.token_listener_unavailable", error=type(exc).__name__)
+            except Exception as exc:  # e.g. not migrated yet: tokens are checked in Postgres
+                log.warning("api.token_listener_failed", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.listening = False
             await asyncio.sleep(LISTENER_RETRY_S)

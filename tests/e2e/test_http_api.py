@@ -194,6 +194,44 @@ async def test_a_token_of_tenant_a_cannot_fire_read_resolve_or_ack_in_tenant_b(
     assert event == {"alert_id": "b-disk", "action": "resolve", "tenant": "tenant-a"}
 
 
+async def test_alerts_list_newest_first_a_page_at_a_time_and_history_of_one_id(
+    spawn_web: SpawnWeb, db_conn: asyncpg.Connection, database_url: str,
+) -> None:
+    for i in range(5):
+        await _stored_alert(db_conn, "acme", f"disk-{i}")
+    await _stored_alert(db_conn, "acme", "disk-1-again")
+    await db_conn.execute("UPDATE alerts SET alert_id = 'disk-1' WHERE alert_id = 'disk-1-again'")
+    await db_conn.execute("UPDATE alerts SET status = 'resolved' WHERE alert_id = 'disk-3'")
+    await db_conn.execute(
+        "UPDATE alerts SET received_at = now() - interval '2 hours' WHERE alert_id = 'disk-0'")
+    token = await make_token(database_url, "acme", "ci")
+    web = await spawn_web().up()
+
+    pages: list[list[str]] = []
+    path = "/v1/alerts?limit=2"
+    while True:
+        answer = await web.request("GET", path, token=token)
+        assert answer.status == 200, answer
+        pages.append([a["alert_id"] for a in answer.body["alerts"]])
+        if answer.body["next_cursor"] is None:
+            break
+        path = f"/v1/alerts?limit=2&cursor={answer.body['next_cursor']}"
+
+    assert pages == [["disk-1", "disk-4"], ["disk-3", "disk-2"], ["disk-1", "disk-0"]]
+    resolved = await web.request("GET", "/v1/alerts?status=resolved", token=token)
+    assert [a["alert_id"] for a in resolved.body["alerts"]] == ["disk-3"]
+    recent = await web.request("GET", "/v1/alerts?since=1h", token=token)
+    assert "disk-0" not in [a["alert_id"] for a in recent.body["alerts"]]
+    assert len(recent.body["alerts"]) == 5
+    iso = await web.request("GET", "/v1/alerts?since=2000-01-01T00:00:00", token=token)
+    assert len(iso.body["alerts"]) == 6
+
+    latest = await web.request("GET", "/v1/alerts/disk-1", token=token)
+    history = await web.request("GET", "/v1/alerts/disk-1?all=true", token=token)
+    assert latest.body["event_id"] == "disk-1-again"
+    assert [a["event_id"] for a in history.body["alerts"]] == ["disk-1-again", "disk-1"]
+
+
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
@@ -268,7 +306,7 @@ async def test_an_admin_token_creates_replaces_reads_and_deletes_its_tenants_gro
                {"name": "Bob", "phone": "0044 20 7946 0958"}]
 
     created = await web.request("PUT", "/v1/groups/oncall", token=admin,
-                                json_body={"members": members})
+                                json_body={"members": members, "rounds": 5, "round_delay_s": 60})
     replaced = await web.request("PUT", "/v1/groups/oncall", token=admin,
                                  json_body={"tenant": "tenant-a", "members": members[:1]})
     read = await web.request("GET", "/v1/groups/oncall", token=admin)
@@ -278,7 +316,9 @@ async def test_an_admin_token_creates_replaces_reads_and_deletes_its_tenants_gro
     assert created.body["members"] == [{"name": "Alice", "phone": "+14155550100"},
                                        {"name": "Bob", "phone": "+442079460958"}]
     assert (created.body["tenant"], created.body["name"]) == ("tenant-a", "oncall")
+    assert (created.body["rounds"], created.body["round_delay_s"]) == (5, 60)
     assert replaced.status == 200
+    assert (replaced.body["rounds"], replaced.body["round_delay_s"]) == (5, 60)  # kept
     assert read.body == replaced.body
     assert read.body["members"] == [{"name": "Alice", "phone": "+14155550100"}]
     assert [g["name"] for g in listed.body["groups"]] == ["oncall"]

@@ -223,13 +223,18 @@ async def test_a_trigger_without_group_names_the_field(api: Api) -> None:
     (b"{", "not valid JSON"),
     (b'["an", "array"]', "must be a JSON object"),
     (b'"text"', "must be a JSON object"),
-    (b"\xff\xfe{}", "not UTF-8"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    (b'{"alert_id": "db\xff"}', "codec can't decode"),
     (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": {"x": NaN}}', "NaN"),
     (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": {"x": 1e999}}', "range"),
-    (b'{"alert_id": "a", "dedup_window_s": ' + b"9" * 10_000 + b"}", "too many digits"),
-    (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+    (b'{"alert_id": "a", "dedup_window_s": ' + b"9" * 10_000 + b"}", "10000 digits"),
+    (b"[" * 30_000 + b"]" * 30_000, "more than 32 levels deep"),
+    (b'{"alert_id": "a", "group": "g", "message": "m", "metadata": ' + b'{"k": ' * 40
+     + b"1" + b"}" * 41, "more than 32 levels deep"),
 ])
-async def test_a_body_that_is_not_a_json_object_is_400(api: Api, body: bytes, error: str) -> None:
+async def test_a_body_that_is_not_a_readable_json_object_is_400(
+    api: Api, body: bytes, error: str
+) -> None:
     answer = await api.call("POST", "/v1/alerts", data=body, headers=JSON)
     assert answer.status == 400
     assert error in answer.body["error"]
@@ -258,6 +263,22 @@ async def test_metadata_nested_nine_hundred_deep_is_400_not_500(api: Api) -> Non
         nested = {"k": nested}
     answer = await api.call("POST", "/v1/alerts", json_body={**EVENT, "metadata": nested})
     assert answer.status == 400
+
+
+async def test_the_api_refuses_what_a_worker_could_not_read(api: Api) -> None:
+    # 31 levels of metadata nesting is the most the stream's readers take (32 with the
+    # event): 32 is refused here rather than accepted and dead-lettered by a worker.
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = {"k": value}
+        return value
+
+    answer = await api.call("POST", "/v1/alerts", json_body={**EVENT, "metadata": nested(32)})
+    assert answer.status == 400
+    accepted = await api.web.request("POST", "/v1/alerts", token=api.tokens["fire"],
+                                     json_body={**EVENT, "metadata": nested(31)})
+    assert accepted.status == 202
 
 
 async def test_an_idempotency_key_with_control_characters_is_400(api: Api) -> None:
@@ -412,9 +433,23 @@ async def test_a_bad_group_name_in_the_url_is_400(api: Api, path: str, field: st
 
 async def test_a_group_body_with_unknown_fields_is_400(api: Api) -> None:
     answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
-                            json_body={**GROUP, "rounds": "many", "owner": "me"})
+                            json_body={**GROUP, "colour": "red", "owner": "me"})
     assert answer.status == 400
-    assert [e["field"] for e in answer.body["errors"]] == ["owner", "rounds"]
+    assert [e["field"] for e in answer.body["errors"]] == ["colour", "owner"]
+
+
+@pytest.mark.parametrize(("rounds", "round_delay_s"), [(0, None), (21, None), ("3", None),
+                                                      (None, -1), (None, 86401), (None, 1.5)])
+async def test_group_rounds_are_checked_like_groups_set(
+    api: Api, rounds: Any, round_delay_s: Any
+) -> None:
+    answer = await api.call("PUT", "/v1/groups/oncall", token="admin",
+                            json_body={**GROUP, "rounds": rounds, "round_delay_s": round_delay_s})
+    assert answer.status == 400
+    with pytest.raises(pydantic.ValidationError) as refused:
+        group_spec("acme", "oncall", GROUP["members"], rounds=rounds, round_delay_s=round_delay_s)
+    assert answer.body["errors"] == [
+        {"field": f, "reason": r} for f, r in describe_errors(refused.value)]
 
 
 # --- 413, 415 -----------------------------------------------------------------------------
