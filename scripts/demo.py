@@ -36,14 +36,28 @@ OUTCOMES = ("+14155550100=press-1,+14155550101=no-answer,+14155550103=machine,"
             "+14155550104=press-1,*=completed")
 
 
-def run(*args: str) -> str:
+def run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
     print(f"$ voicealert {' '.join(args)}", flush=True)
     result = subprocess.run([*VOICEALERT, *args], capture_output=True, text=True, check=False)
     sys.stdout.write(result.stdout)
-    if result.returncode != 0:
+    if result.returncode not in ok:
         sys.stderr.write(result.stderr)
         raise SystemExit(f"demo: `voicealert {' '.join(args)}` exited {result.returncode}")
     return result.stdout
+
+
+def wait_until_alive(worker: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the worker's heartbeat is up (`voicealert fire` refuses an event nobody reads)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"demo: the worker exited with {worker.returncode}; see {log_path}")
+        check = subprocess.run([*VOICEALERT, "worker", "--check"], capture_output=True,
+                               check=False)
+        if check.returncode == 0:
+            return
+        time.sleep(0.3)
+    raise SystemExit(f"demo: the worker was not alive within 30 s; see {log_path}")
 
 
 def calls_json(alert_id: str) -> list[dict[str, Any]]:
@@ -102,6 +116,7 @@ def main() -> int:
     with log_path.open("w") as log_file:
         worker = subprocess.Popen([*VOICEALERT, "worker"], stdout=log_file, stderr=log_file)
     try:
+        wait_until_alive(worker, log_path)
         suffix = uuid.uuid4().hex[:8]
         parallel, sequential = f"demo-{suffix}", f"demo-seq-{suffix}"
         started = time.monotonic()
@@ -118,9 +133,11 @@ def main() -> int:
         print(f"every call ended {time.monotonic() - started:.1f}s after the first event")
         print("\nAlice pressed 1: Bob's ringing call was hung up, Carol's was canceled")
         run("calls", "--alert-id", parallel)
+        run("alerts", "show", parallel)
         print("\nA machine answered Dave's phone: not an answer, so Erin was called; she "
               "pressed 1")
         run("calls", "--alert-id", sequential)
+        run("status", ok=(0, 1))  # 1: degraded, which the screen explains
     finally:
         worker.send_signal(signal.SIGTERM)
         code = worker.wait(timeout=60)

@@ -280,6 +280,8 @@ async def run_cli(env: dict[str, str], *args: str | bytes) -> Result:
     UTF-8 included)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "worker", *args, cwd=REPO, env={**os.environ, **env},
+        # No terminal: a command that would ask for confirmation refuses instead of waiting.
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -5,7 +5,10 @@ arq defaults changed here, and why (the settings: docs/contracts.md#worker-tunin
 - ``job_timeout`` short (15 s): a SIGKILLed replica's jobs are re-run after timeout + 5 s
   (``in_progress_timeout_s``; arq's own margin is 10 s).
 - ``job_completion_wait``: on SIGTERM, calls in flight finish instead of being cancelled.
-- ``health_check_key`` per replica: arq's default key is shared by every replica.
+- ``health_check_key`` per replica (arq's default key is shared by every replica), holding our
+  heartbeat (``worker.health.ReplicaBeat``: what the replica is doing) instead of arq's
+  counter string, written three times per interval and expiring after one, so a probe
+  (``voicealert worker --check``) sees a SIGKILLed replica gone within one interval.
 - ``keep_result`` 0: job ids are call ids and must be reusable (DLQ replay, escalation).
 - JSON job serializer: no pickle on anything that passes through Redis.
 - ``after_job_end``: a job arq would drop (timed out, failed) is put back, and follow-up
@@ -17,32 +20,43 @@ arq defaults changed here, and why (the settings: docs/contracts.md#worker-tunin
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, cast
 
-from arq import Worker
+from arq import Retry, Worker
 from arq.connections import ArqRedis, RedisSettings
+from arq.typing import WorkerCoroutine
 from arq.worker import func
 
-from worker import db
+from worker import db, metrics
 from worker.calls import place_call
 from worker.config import Settings, redact_url
 from worker.dedup import DedupLock
+from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
-from worker.jobs import after_job_end, call_job
+from worker.jobs import JobFunction, after_job_end, call_job
 from worker.keys import Keys
-from worker.logs import get_logger
+from worker.logs import get_logger, job_scope
+from worker.metrics_http import start_metrics_server
+from worker.outages import REDIS_UNAVAILABLE
 from worker.outcomes import cancel_call, check_answer, poll_call, settle_call, start_round
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
     CHECK_ANSWER,
+    JOB_SUBJECTS,
     PLACE_CALL,
     POLL_CALL,
     SETTLE_CALL,
     START_ROUND,
     json_deserializer,
     json_serializer,
+    parse_job_id,
 )
 from worker.ratelimit import RateLimiter
 from worker.services import Services
@@ -54,6 +68,34 @@ log = get_logger(__name__)
 # Retries are bounded by our own rules (attempts, age); arq's counter is only a backstop.
 _MAX_JOB_TRIES = 10_000
 IN_PROGRESS_MARGIN_S = 5.0
+
+
+def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
+    """Time the job by outcome: done, deferred (a Retry: a poll rescheduling itself, or a
+    call retried later), failed, interrupted (cancelled by a shutdown or a timeout)."""
+
+    @wraps(job)
+    async def wrapper(ctx: dict[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            result = await job(ctx, *args, **kwargs)
+            outcome = "done"
+            return result
+        except Retry:
+            outcome = "deferred"
+            raise
+        except asyncio.CancelledError:
+            outcome = "interrupted"
+            raise
+        finally:
+            metrics.job_finished(name, outcome, time.monotonic() - started)
+
+    return cast(WorkerCoroutine, wrapper)
+
+
+def _job(function: JobFunction, name: str) -> Any:
+    return func(measured(name, call_job(name, function)), name=name, max_tries=_MAX_JOB_TRIES)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -81,6 +123,10 @@ def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvi
     )
 
 
+def measured_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvider:
+    return metrics.MeasuredProvider(build_provider(settings, redis, keys))
+
+
 async def open_services(settings: Settings, redis: ArqRedis) -> Services:
     keys = Keys(settings.redis_prefix)
     pool = await db.create_pool(settings.database_url, max_size=max(4, settings.concurrency // 4))
@@ -89,7 +135,7 @@ async def open_services(settings: Settings, redis: ArqRedis) -> Services:
         keys=keys,
         db=pool,
         redis=redis,
-        provider=build_provider(settings, redis, keys),
+        provider=measured_provider(settings, redis, keys),
         limiter=RateLimiter(redis, keys.rate_limit, settings.calls_per_second),
         dedup=DedupLock(redis, keys),
     )
@@ -101,17 +147,29 @@ async def close_services(services: Services) -> None:
 
 
 class _DrainableWorker(Worker):
-    """arq's Worker, except that a drain stops starting jobs at once.
+    """arq's Worker, except that a drain stops starting jobs at once, and that the health
+    key holds our heartbeat.
 
     arq checks ``allow_pick_jobs`` once per poll and then starts every job of the batch it
     read, so a SIGTERM landing mid-batch still took new calls after ``worker.stopping``.
     """
+
+    heartbeat: Callable[[], Awaitable[None]] | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
             if not self.allow_pick_jobs:
                 return
             await super().start_jobs([job_id])
+
+    async def record_health(self) -> None:
+        # Called by arq on every poll (heart_beat); ours writes a few times per interval.
+        now = time.time()
+        if now - self._last_health_check < beat_every_s(self.health_check_interval):
+            return
+        self._last_health_check = now
+        if self.heartbeat is not None:
+            await self.heartbeat()
 
 
 class WorkerProcess:
@@ -124,24 +182,23 @@ class WorkerProcess:
         self.consumer_task: asyncio.Task[None] | None = None
         self.exit_code = 0
         self._signals = 0
+        self.started_at = time.time()
+        self.metrics_server: Any = None
         self.worker = _DrainableWorker(
             functions=[
-                func(call_job(PLACE_CALL, place_call), name=PLACE_CALL, max_tries=_MAX_JOB_TRIES),
-                func(call_job(POLL_CALL, poll_call), name=POLL_CALL, max_tries=_MAX_JOB_TRIES),
-                func(call_job(CANCEL_CALL, cancel_call), name=CANCEL_CALL,
-                     max_tries=_MAX_JOB_TRIES),
-                func(call_job(SETTLE_CALL, settle_call), name=SETTLE_CALL,
-                     max_tries=_MAX_JOB_TRIES),
-                func(call_job(CHECK_ANSWER, check_answer), name=CHECK_ANSWER,
-                     max_tries=_MAX_JOB_TRIES),
-                func(call_job(START_ROUND, start_round), name=START_ROUND,
-                     max_tries=_MAX_JOB_TRIES),
+                _job(place_call, PLACE_CALL),
+                _job(poll_call, POLL_CALL),
+                _job(cancel_call, CANCEL_CALL),
+                _job(settle_call, SETTLE_CALL),
+                _job(check_answer, CHECK_ANSWER),
+                _job(start_round, START_ROUND),
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,
             redis_settings=redis_settings(settings),
             on_startup=self._startup,
             on_shutdown=self._shutdown,
+            on_job_start=self._job_started,
             handle_signals=False,
             job_completion_wait=int(max(1, round(settings.shutdown_grace_s))),
             max_jobs=settings.concurrency,
@@ -160,10 +217,44 @@ class WorkerProcess:
         # a SIGKILLed replica waits before another replica runs it. Jobs here are cancelled at
         # their timeout (asyncio.wait_for), so a 5 s margin suffices: 20 s by default.
         self.worker.in_progress_timeout_s = settings.call_job_timeout_s + IN_PROGRESS_MARGIN_S
+        self.worker.heartbeat = self._heartbeat
+
+    async def _job_started(self, ctx: dict[str, Any]) -> None:
+        """Every line logged while this job runs (arq's too) names its call."""
+        parsed = parse_job_id(self.keys.prefix, str(ctx.get("job_id", "")))
+        if parsed is not None:
+            function, number = parsed
+            job_scope(**{JOB_SUBJECTS.get(function, "call"): number})
+
+    def beat(self) -> ReplicaBeat:
+        """What this replica is doing, for its health key."""
+        worker = self.worker
+        running = []
+        for job_id, task in list(worker.tasks.items()):
+            parsed = parse_job_id(self.keys.prefix, job_id)
+            if parsed and not task.done():
+                running.append(f"{parsed[0]}:{parsed[1]}")
+        return ReplicaBeat(
+            consumer=self.settings.consumer_name,
+            host=this_host(),
+            pid=os.getpid(),
+            at=time.time(),
+            started_at=self.started_at,
+            interval_s=self.settings.health_check_interval_s,
+            draining=not worker.allow_pick_jobs,
+            running=tuple(sorted(running)),
+            jobs_done=worker.jobs_complete,
+            jobs_failed=worker.jobs_failed,
+        )
+
+    async def _heartbeat(self) -> None:
+        await write_beat(self.worker.pool, self.keys, self.beat())
 
     async def _startup(self, ctx: dict[str, Any]) -> None:
         services = await open_services(self.settings, ctx["redis"])
         ctx["services"] = services
+        self.metrics_server = await start_metrics_server(self.settings, services.redis,
+                                                         services.db)
         self.consumer = StreamConsumer(services)
         self.consumer_task = asyncio.create_task(self.consumer.run(), name="stream-consumer")
         self.consumer_task.add_done_callback(self._consumer_ended)
@@ -190,12 +281,16 @@ class WorkerProcess:
                 await asyncio.wait_for(asyncio.shield(self.consumer_task), 10)
             except (TimeoutError, asyncio.CancelledError, Exception):
                 self.consumer_task.cancel()
+        if self.metrics_server is not None:
+            await self.metrics_server.cleanup()
+        with contextlib.suppress(*REDIS_UNAVAILABLE):  # stopped cleanly: not listed as dead
+            await forget_replica(ctx["redis"], self.keys, self.settings.consumer_name)
         services: Services | None = ctx.get("services")
         if services is not None:
             await close_services(services)
+        # Not arq's jobs_retried: it counts every poll that rescheduled itself.
         log.info("worker.stopped", consumer=self.settings.consumer_name,
-                 jobs_complete=self.worker.jobs_complete, jobs_retried=self.worker.jobs_retried,
-                 jobs_failed=self.worker.jobs_failed)
+                 jobs_done=self.worker.jobs_complete, jobs_failed=self.worker.jobs_failed)
 
     def request_stop(self, signum: signal.Signals = signal.SIGTERM) -> None:
         """What SIGTERM does: the first request drains, a second one stops at once."""

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from arq import Retry
 
-from worker import db
+from worker import db, metrics
 from worker.dead_letters import call_letter
 from worker.jobs import run_again_in
-from worker.logs import get_logger
+from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     LIVE_PROVIDER_STATUSES,
@@ -62,6 +62,7 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         log.warning("call.missing", call=call_id)
         return "missing"
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.status in TERMINAL_CALL_STATUSES:
         return "already-ended"
     if call.merged_into is not None:
@@ -72,9 +73,10 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         await schedule_poll(s, call.id, 0)  # placed before; make sure it is followed
         return "already-placed"
     if call.alert_status in CALLING_STOPPED_ALERT_STATUSES:
-        await db.advance_call(s.db, call.id, CallUpdate(
-            status=CallStatus.CANCELED, source=StatusSource.CANCEL,
-            error_message=f"alert {call.alert_status} before the call was placed"))
+        if await db.advance_call(s.db, call.id, CallUpdate(
+                status=CallStatus.CANCELED, source=StatusSource.CANCEL,
+                error_message=f"alert {call.alert_status} before the call was placed")):
+            metrics.call_ended(CallStatus.CANCELED)
         bound.info("call.canceled", reason=f"alert {call.alert_status}")
         return "canceled"
     now = datetime.now(UTC)
@@ -162,6 +164,7 @@ async def _dial(s: Services, call: CallJob, attempt: int) -> str:
     """POST the call (the attempt is recorded already); it speaks every alert merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
     messages = await db.line_messages(s.db, call.id) or [call.message]
+    metrics.dialing(call, attempt)
     bound.info("call.dialing", to=call.phone, attempt=attempt, alerts=len(messages))
     started = time.monotonic()
     try:
@@ -219,9 +222,10 @@ async def _fail_permanently(
     s: Services, call: CallJob, attempt: int, exc: PermanentProviderError
 ) -> None:
     line = await _line(s, call)
-    await db.advance_call(s.db, call.id, CallUpdate(
-        status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
-        error_message=str(exc)))
+    if await db.advance_call(s.db, call.id, CallUpdate(
+            status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
+            error_message=str(exc))):
+        metrics.call_ended(CallStatus.FAILED)
     await db.insert_dead_letters(s.db, [call_letter(
         each.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
         payload=_letter_payload(each) | {"http_status": exc.http_status, "code": exc.code})
@@ -241,6 +245,7 @@ async def _give_up(
     changed = await db.advance_call(s.db, call.id, CallUpdate(
         status=CallStatus.FAILED, source=StatusSource.WORKER, error_message=error))
     if changed:
+        metrics.call_ended(CallStatus.FAILED)
         await db.insert_dead_letters(s.db, [call_letter(
             each.id, each.attempts, reason=reason, error=error, payload=_letter_payload(each))
             for each in line])

@@ -9,33 +9,49 @@ Exit codes: 0 success, 1 failure (a service unreachable, a replay that failed ag
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import NoReturn
 
 import click
 
+from worker.cli_alerts import alerts
 from worker.cli_calls import calls
 from worker.cli_dlq import dlq
 from worker.cli_events import ack, fire, resolve
 from worker.cli_groups import groups
-from worker.cli_support import Failure, current_settings, run_async
+from worker.cli_status import status
+from worker.cli_support import (
+    DATABASE,
+    REDIS,
+    Failure,
+    current_settings,
+    run_async,
+    with_environment,
+)
 from worker.cli_tokens import tokens_group
-from worker.config import ConfigError, redact_url
+from worker.config import ConfigError, Settings, redact_url
 from worker.logs import configure_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Configuration comes from the environment (docs/contracts.md"
+                    "#configuration); each command's --help names the variables it reads.")
+@click.version_option(package_name="voicealert", prog_name="voicealert",
+                      message="%(prog)s %(version)s")
 def cli() -> None:
     """voicealert: rings people when something breaks."""
 
 
-for command in (groups, fire, resolve, ack, calls, dlq, tokens_group):
+for command in (groups, fire, resolve, ack, calls, dlq, tokens_group, status, alerts):
     cli.add_command(command)
 
 
 # --- the processes and the schema ---------------------------------------------------------
 
 
+@with_environment(DATABASE)
 @cli.command()
 @run_async
 async def migrate() -> None:
@@ -52,16 +68,53 @@ async def migrate() -> None:
     click.echo(f"migrations applied: {names} ({redact_url(settings.database_url)})")
 
 
+@with_environment("every setting (docs/contracts.md#configuration); --check: "
+                  f"{', '.join(REDIS)}, VOICEALERT_CONSUMER_NAME")
 @cli.command()
-def worker() -> None:
-    """Run a worker replica: stream consumer plus call jobs (what Procfile runs)."""
+@click.option("--check", is_flag=True,
+              help="Do not run: exit 0 if this host's replica is alive, 1 if not (a probe).")
+def worker(check: bool) -> None:
+    """Run a worker replica: stream consumer plus call jobs (what Procfile runs).
+
+    With --check, a liveness probe: exit 0 while the replica named VOICEALERT_CONSUMER_NAME
+    (or, when that is not set, a replica of this host: <hostname>-<pid>) has a live
+    heartbeat; exit 1 within one VOICEALERT_HEALTH_CHECK_INTERVAL_S after it died.
+    """
+    settings = current_settings()
+    if check:
+        sys.exit(check_worker(settings))
     from worker.app import run_worker
 
-    settings = current_settings()
     configure_logging(settings.log_format, settings.log_level)
     sys.exit(run_worker(settings))
 
 
+@run_async
+async def check_worker(settings: Settings) -> int:
+    import redis.asyncio
+
+    from worker.health import default_consumer_prefix, replicas_on_this_host
+    from worker.keys import Keys
+
+    client = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2,
+                                          socket_timeout=5)
+    try:
+        found = await replicas_on_this_host(client, Keys(settings.redis_prefix), settings)
+    finally:
+        await client.aclose()
+    alive = [r for r in found if r.beat is not None]
+    if not alive:
+        explicit = "consumer_name" in settings.model_fields_set
+        named = (f"consumer {settings.consumer_name}" if explicit
+                 else f"a consumer named {default_consumer_prefix()}<pid>")
+        raise Failure(f"no live worker replica: no heartbeat from {named}")
+    for replica in alive:
+        assert replica.beat is not None
+        click.echo(f"alive: {replica.consumer} ({replica.beat.doing()})")
+    return 0
+
+
+@with_environment("every setting (docs/contracts.md#configuration)")
 @cli.command()
 def web() -> None:
     """Run the web process: the HTTP API (/v1), health and readiness, webhooks."""
@@ -94,4 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 1)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    except BrokenPipeError:
+        # The reader went away (`voicealert calls | head`): stop quietly, as cat does.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     sys.exit(0)

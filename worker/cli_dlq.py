@@ -10,15 +10,22 @@ import click
 
 from worker import db
 from worker.cli_support import (
+    DATABASE,
+    REDIS,
     BadInput,
+    confirm,
     current_settings,
     json_option,
     parse_age,
-    parse_time,
     print_json,
     run_async,
+    since_option,
+    tenant_filter_option,
     with_db,
+    with_environment,
+    yes_option,
 )
+from worker.dead_letters import letter_tenant
 from worker.logs import mask_phone_numbers
 from worker.models import DeadLetter
 
@@ -28,29 +35,40 @@ def dlq() -> None:
     """Dead letters: what could not be done, why, and replaying it once fixed."""
 
 
+_HEADER = f"{'id':>6}  {'created (UTC)':<19}  {'source':<6} {'reason':<20} error"
+
+
 def _letter_line(letter: DeadLetter) -> str:
     replayed = f" replayed {letter.replayed_at:%Y-%m-%d %H:%M}" if letter.replayed_at else ""
-    error = (letter.error or "").replace("\n", " ")
+    error = " ".join((letter.error or "").split())
     return (f"{letter.id:>6}  {letter.created_at:%Y-%m-%d %H:%M:%S}  {letter.source:<6} "
             f"{letter.reason:<20} {mask_phone_numbers(error)[:80]}{replayed}")
 
 
+@with_environment(DATABASE)
 @dlq.command("list")
-@click.option("--source", type=click.Choice(["ingest", "call"]), default=None)
-@click.option("--since", default=None, help="ISO time, or an age like 2h, 7d.")
+@click.option("--source", type=click.Choice(["ingest", "call"]), default=None,
+              help="Only letters from this source.")
+@since_option
+@tenant_filter_option
 @click.option("--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @json_option
 @run_async
-async def dlq_list(source: str | None, since: str | None, limit: int, as_json: bool) -> None:
-    """List dead letters, oldest first."""
-    moment = parse_time(since) if since else None
-    letters = await with_db(lambda c: db.list_dead_letters(c, source=source, since=moment,
-                                                           limit=limit))
+async def dlq_list(source: str | None, since: datetime | None, tenant: str | None, limit: int,
+                   as_json: bool) -> None:
+    """List dead letters, oldest first. --tenant: the tenant of the call, or of the event
+    (an entry too broken to name its tenant belongs to none)."""
+    fetch = limit if tenant is None else 1_000_000
+    letters = await with_db(lambda c: db.list_dead_letters(c, source=source, since=since,
+                                                           limit=fetch))
+    if tenant is not None:
+        letters = [letter for letter in letters if letter_tenant(letter) == tenant][:limit]
     if as_json:
         print_json([letter.to_json() for letter in letters])
     elif not letters:
         click.echo("no dead letters")
     else:
+        click.echo(_HEADER)
         for letter in letters:
             click.echo(_letter_line(letter))
 
@@ -62,6 +80,7 @@ async def _letter(conn: asyncpg.Connection, letter_id: int) -> DeadLetter:
     return letter
 
 
+@with_environment(DATABASE)
 @dlq.command("show")
 @click.argument("letter_id", type=int)
 @run_async
@@ -71,6 +90,7 @@ async def dlq_show(letter_id: int) -> None:
     print_json(letter.to_json())
 
 
+@with_environment(DATABASE, *REDIS, "VOICEALERT_CALLS_PER_SECOND")
 @dlq.command("replay")
 @click.argument("letter_id", type=int, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Every letter not replayed yet.")
@@ -110,16 +130,22 @@ async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
         sys.exit(1)
 
 
+@with_environment(DATABASE)
 @dlq.command("purge")
 @click.argument("letter_id", type=int, required=False)
-@click.option("--all", "purge_all", is_flag=True, help="Every letter.")
+@click.option("--all", "purge_all", is_flag=True, help="Every letter (asks first).")
 @click.option("--older-than", default=None, help="An age like 30d: letters older than it.")
+@yes_option
 @run_async
-async def dlq_purge(letter_id: int | None, purge_all: bool, older_than: str | None) -> None:
+async def dlq_purge(letter_id: int | None, purge_all: bool, older_than: str | None,
+                    yes: bool) -> None:
     """Delete a letter, all letters, or those older than an age."""
     if sum([letter_id is not None, purge_all, older_than is not None]) != 1:
         raise BadInput("give exactly one of: a letter ID, --all, --older-than AGE")
     cutoff = datetime.now(UTC) - parse_age(older_than) if older_than else None
+    if purge_all:
+        count = await with_db(db.count_dead_letters)
+        confirm(f"delete all {count} dead letters", yes)
     count = await with_db(lambda c: db.purge_dead_letters(c, letter_id=letter_id,
                                                           older_than=cutoff))
     if letter_id is not None and count == 0:

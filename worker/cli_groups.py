@@ -7,7 +7,18 @@ import pydantic
 
 from schema import GroupKey, GroupSpec, TenantScope, describe_errors, group_spec
 from worker import db
-from worker.cli_support import BadInput, json_option, print_json, run_async, tenant_option, with_db
+from worker.cli_support import (
+    DATABASE,
+    BadInput,
+    confirm,
+    json_option,
+    print_json,
+    run_async,
+    tenant_option,
+    with_db,
+    with_environment,
+    yes_option,
+)
 from worker.logs import mask_phone_numbers
 from worker.models import Group
 
@@ -83,6 +94,7 @@ def _group_lines(group: Group) -> list[str]:
     return lines
 
 
+@with_environment(DATABASE)
 @groups.command("set")
 @click.argument("name")
 @click.option("--member", "members", multiple=True, required=True,
@@ -108,6 +120,7 @@ async def groups_set(name: str, members: tuple[str, ...], rounds: int | None,
         click.echo("\n".join(["saved " + _group_lines(group)[0], *_group_lines(group)[1:]]))
 
 
+@with_environment(DATABASE)
 @groups.command("list")
 @tenant_option
 @json_option
@@ -125,6 +138,7 @@ async def groups_list(tenant: str, as_json: bool) -> None:
         click.echo(f"{group.name}\t{len(group.members)} members")
 
 
+@with_environment(DATABASE)
 @groups.command("show")
 @click.argument("name")
 @tenant_option
@@ -142,13 +156,20 @@ async def groups_show(name: str, tenant: str, as_json: bool) -> None:
         click.echo("\n".join(_group_lines(group)))
 
 
+@with_environment(DATABASE)
 @groups.command("delete")
 @click.argument("name")
 @tenant_option
+@yes_option
 @run_async
-async def groups_delete(name: str, tenant: str) -> None:
-    """Delete a group (alerts already raised keep their calls)."""
+async def groups_delete(name: str, tenant: str, yes: bool) -> None:
+    """Delete a group (asks first; alerts already raised keep their calls)."""
     key = _key(name, tenant)
+    group = await with_db(lambda conn: db.get_group(conn, key.tenant, key.name))
+    if group is None:
+        raise BadInput(f"no group {key.name!r} in tenant {key.tenant!r}")
+    confirm(f"delete group {key.name} (tenant {key.tenant}, {len(group.members)} members; "
+            "alerts naming it will ring nobody)", yes)
     deleted = await with_db(lambda conn: db.delete_group(conn, key.tenant, key.name))
     if not deleted:
         raise BadInput(f"no group {key.name!r} in tenant {key.tenant!r}")

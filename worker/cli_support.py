@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from functools import wraps
@@ -55,6 +56,8 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return asyncio.run(fn(*args, **kwargs))
+        except BrokenPipeError:
+            raise  # stdout closed (`| head`): not an outage (main exits quietly)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             url = redact_url(current_settings().redis_url)
             raise Failure(f"cannot reach Redis at {url}: {exc}") from None
@@ -80,18 +83,69 @@ def print_json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
+# --- options shared by the commands (the same name means the same thing everywhere) -------
+
+#: Commands about one tenant's things (groups, fire, resolve, alerts show): default tenant.
 tenant_option = click.option(
-    "--tenant", default=DEFAULT_TENANT, show_default=True, help="Tenant that owns the group."
+    "--tenant", default=DEFAULT_TENANT, show_default=True, help="The tenant."
+)
+#: Listing commands (calls, dlq list, alerts list): every tenant unless one is given.
+tenant_filter_option = click.option(
+    "--tenant", default=None, help="Only this tenant (default: every tenant)."
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document.")
+yes_option = click.option("--yes", "-y", is_flag=True,
+                          help="Do not ask for confirmation (needed without a terminal).")
+
+
+def _since(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
+    return parse_time(value) if value else None
+
+
+since_option = click.option(
+    "--since", default=None, metavar="WHEN", callback=_since,
+    help="Only those since WHEN: an ISO time (UTC when it has no offset) or an age like "
+         "30s, 15m, 12h, 7d.",
+)
+
+
+def with_environment(*variables: str) -> Callable[[click.Command], click.Command]:
+    """Say in ``--help`` which environment variables the command reads (docs/contracts.md
+    #configuration): configuration comes from the environment, never from an option."""
+
+    def decorate(command: click.Command) -> click.Command:
+        command.epilog = "Environment: " + ", ".join(variables) + "."
+        return command
+
+    return decorate
+
+
+#: The variables most commands read.
+DATABASE = "DATABASE_URL"
+REDIS = ("REDIS_URL", "VOICEALERT_REDIS_PREFIX")
+
+
+def confirm(action: str, yes: bool) -> None:
+    """Ask before a destructive ``action`` ("delete group ops (3 members)"). No terminal to
+    ask on and no --yes: refuse (exit 2); a "no": nothing is changed (exit 1)."""
+    if yes:
+        return
+    if sys.stdin is None or not sys.stdin.isatty():
+        raise BadInput(f"refusing to {action} without confirmation (no terminal to ask on): "
+                       "add --yes")
+    if not click.confirm(f"{action[:1].upper()}{action[1:]}?", default=False, err=True):
+        raise Failure("not confirmed: nothing changed")
 
 
 def parse_age(value: str) -> timedelta:
     """``30s``, ``15m``, ``12h``, ``7d`` → timedelta (for --since / --older-than)."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if len(value) >= 2 and value[-1] in units and value[:-1].isdigit():
-        return timedelta(seconds=int(value[:-1]) * units[value[-1]])
-    raise BadInput(f"{value!r} is not a duration like 30s, 15m, 12h or 7d")
+    if 2 <= len(value) <= 12 and value[-1] in units and value[:-1].isdigit():
+        try:
+            return timedelta(seconds=int(value[:-1]) * units[value[-1]])
+        except OverflowError:
+            pass
+    raise BadInput(f"{value[:40]!r} is not a duration like 30s, 15m, 12h or 7d")
 
 
 def parse_time(value: str) -> datetime:
@@ -100,4 +154,8 @@ def parse_time(value: str) -> datetime:
         moment = datetime.fromisoformat(value)
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
+        pass
+    try:
         return datetime.now(UTC) - parse_age(value)
+    except OverflowError:
+        raise BadInput(f"{value[:40]!r} is too far back") from None

@@ -13,7 +13,15 @@ import pydantic
 from schema import DEFAULT_TENANT, describe_errors
 from schema.event import Identifier
 from worker import db, tokens
-from worker.cli_support import BadInput, json_option, print_json, run_async, with_db
+from worker.cli_support import (
+    DATABASE,
+    BadInput,
+    json_option,
+    print_json,
+    run_async,
+    with_db,
+    with_environment,
+)
 from worker.models import ApiToken, TokenScope
 
 _IDENTIFIER: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(Identifier)
@@ -31,6 +39,7 @@ def tokens_group() -> None:
     """API tokens: create (shown once), list, revoke."""
 
 
+@with_environment(DATABASE)
 @tokens_group.command("create")
 @click.option("--tenant", required=True, help="The tenant the token acts in.")
 @click.option("--name", required=True, help="A name for the token, unique in the tenant.")
@@ -63,6 +72,7 @@ def _token_line(token: ApiToken) -> str:
                       f"{token.created_at:%Y-%m-%d %H:%M:%S%z}", state])
 
 
+@with_environment(DATABASE)
 @tokens_group.command("list")
 @click.option("--tenant", default=None, help="Only this tenant's tokens (default: all).")
 @json_option
@@ -81,6 +91,7 @@ async def tokens_list(tenant: str | None, as_json: bool) -> None:
         click.echo(_token_line(token))
 
 
+@with_environment(DATABASE)
 @tokens_group.command("revoke")
 @click.argument("name")
 @click.option("--tenant", default=DEFAULT_TENANT, show_default=True,

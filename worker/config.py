@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     simulated_ring_s: float = Field(default=1.0, ge=0)
     simulated_talk_s: float = Field(default=2.0, ge=0)
     health_check_interval_s: float = Field(default=10.0, gt=0)
+    # /metrics of each worker replica (worker/metrics_http.py): off unless the port is set.
+    # All interfaces by default: Prometheus scrapes from another host, and the page holds
+    # counts only (no phone number, no secret).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = Field(default="0.0.0.0", min_length=1)  # noqa: S104
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

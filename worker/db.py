@@ -20,13 +20,16 @@ import asyncpg
 from schema import DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
 from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
+    ANSWERED_CALL_STATUSES,
     CALLING_STOPPED_ALERT_STATUSES,
     HUMAN,
     LIVE_PROVIDER_STATUSES,
     MACHINE_ANSWERS,
+    OPEN_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
     RESOLVABLE_ALERT_STATUSES,
     AlertCall,
+    AlertCallEvent,
     AlertProgress,
     AlertRow,
     AlertStatus,
@@ -39,8 +42,10 @@ from worker.models import (
     CallUpdate,
     DeadLetter,
     Duplicate,
+    DuplicateSpan,
     Group,
     Keypress,
+    LetterSummary,
     LineClaim,
     LiveCall,
     NewAlert,
@@ -541,7 +546,7 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
         SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
                c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
                a.message, a.mode, a.status AS alert_status, a.received_at, c.answered_by,
-               c.acknowledged_at, c.merged_into
+               c.acknowledged_at, c.merged_into, a.stream_id
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE c.id = $1
         """,
@@ -917,6 +922,8 @@ async def list_calls(
     alert_id: str | None = None,
     status: CallStatus | None = None,
     limit: int = 1000,
+    since: datetime | None = None,
+    alert: int | None = None,
 ) -> list[CallRow]:
     rows = await db.fetch(
         """
@@ -928,6 +935,8 @@ async def list_calls(
         WHERE ($1::text IS NULL OR a.tenant = $1)
           AND ($2::text IS NULL OR a.alert_id = $2)
           AND ($3::text IS NULL OR c.status = $3)
+          AND ($5::timestamptz IS NULL OR c.created_at >= $5)
+          AND ($6::bigint IS NULL OR c.alert = $6)
         ORDER BY c.id DESC
         LIMIT $4
         """,
@@ -935,6 +944,8 @@ async def list_calls(
         alert_id,
         status,
         limit,
+        since,
+        alert,
     )
     return [CallRow(**{**dict(r), "status": CallStatus(r["status"])}) for r in reversed(rows)]
 
@@ -987,6 +998,10 @@ async def list_dead_letters(
         limit,
     )
     return [DeadLetter(**dict(r)) for r in rows]
+
+
+async def count_dead_letters(db: Executor) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM dead_letters"))
 
 
 async def get_dead_letter(db: Executor, letter_id: int) -> DeadLetter | None:
@@ -1076,7 +1091,7 @@ async def call_events(db: Executor, call_id: int) -> list[CallEvent]:
     ]
 
 
-# --- alerts read back (the HTTP API) ------------------------------------------------------
+# --- alerts read back (the HTTP API, `voicealert alerts`) --------------------------------
 
 _ALERT_COLUMNS = (
     "id, tenant, alert_id, group_name, message, mode, status, event_id, stream_id, duplicates,"
@@ -1125,19 +1140,20 @@ async def alerts_with_calls(
 
 async def list_alerts(
     db: Executor,
-    tenant: str,
+    tenant: str | None,
     *,
     status: AlertStatus | None = None,
     since: datetime | None = None,
     before_id: int | None = None,
     limit: int = 50,
 ) -> list[AlertRow]:
-    """A page of the tenant's alerts, newest first (by row id); ``before_id`` is the cursor:
-    the id of the last row of the previous page. Calls are not read (``calls`` is empty)."""
+    """A page of the tenant's alerts (every tenant's when None), newest first (by row id);
+    ``before_id`` is the cursor: the id of the last row of the previous page. Calls are not
+    read (``calls`` is empty)."""
     rows = await db.fetch(
         f"""
         SELECT {_ALERT_COLUMNS} FROM alerts
-        WHERE tenant = $1
+        WHERE ($1::text IS NULL OR tenant = $1)
           AND ($2::text IS NULL OR status = $2)
           AND ($3::timestamptz IS NULL OR received_at >= $3)
           AND ($4::bigint IS NULL OR id < $4)
@@ -1151,6 +1167,132 @@ async def list_alerts(
         limit,
     )
     return [_alert_row(r, []) for r in rows]
+
+
+async def alert_call_counts(db: Executor, alert_pks: Sequence[int]) -> dict[int, tuple[int, int]]:
+    """Alert row id → (calls, calls a person answered: not a machine), for ``alerts list``."""
+    rows = await db.fetch(
+        """
+        SELECT alert, count(*) AS calls,
+               count(*) FILTER (WHERE status = ANY($2::text[])
+                                  AND coalesce(answered_by, $3) = $3) AS answered
+        FROM calls WHERE alert = ANY($1::bigint[]) GROUP BY alert
+        """,
+        list(alert_pks),
+        list(ANSWERED_CALL_STATUSES),
+        HUMAN,
+    )
+    return {r["alert"]: (r["calls"], r["answered"]) for r in rows}
+
+
+async def duplicate_span(db: Executor, alert_pk: int) -> DuplicateSpan:
+    """The triggers this alert's dedup lock suppressed: how many, the first and the last."""
+    row = await db.fetchrow(
+        """
+        SELECT count(d.*) AS count, min(d.received_at) AS first, max(d.received_at) AS last
+        FROM alerts a JOIN duplicate_events d
+          ON d.tenant = a.tenant AND d.owner_key = a.event_key
+        WHERE a.id = $1
+        """,
+        alert_pk,
+    )
+    assert row is not None
+    return DuplicateSpan(count=row["count"], first=row["first"], last=row["last"])
+
+
+async def alert_call_events(db: Executor, alert_pk: int) -> list[AlertCallEvent]:
+    """Every status change of the alert's calls, in the order they happened."""
+    rows = await db.fetch(
+        """
+        SELECT e.id, e.call, c.round, c.position, c.member_name, c.phone, e.status, e.source,
+               e.detail, e.at
+        FROM call_events e JOIN calls c ON c.id = e.call
+        WHERE c.alert = $1
+        ORDER BY e.id
+        """,
+        alert_pk,
+    )
+    return [AlertCallEvent(**dict(r)) for r in rows]
+
+
+async def alert_dead_letters(db: Executor, alert_pk: int, stream_id: str) -> list[DeadLetter]:
+    """Letters about the alert: its calls', and its stream entry's (an unknown group)."""
+    rows = await db.fetch(
+        f"""
+        SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters
+        WHERE call IN (SELECT id FROM calls WHERE alert = $1) OR letter_key = 'stream:' || $2
+        ORDER BY id
+        """,  # noqa: S608 - the interpolated part is a constant column list
+        alert_pk,
+        stream_id,
+    )
+    return [DeadLetter(**dict(r)) for r in rows]
+
+
+# --- what `voicealert status` and the metrics read (worker/health.py) ---------------------
+
+
+async def applied_migrations(db: Executor) -> dict[int, str]:
+    """Version → checksum of every migration applied to this database."""
+    rows = await db.fetch("SELECT version, checksum FROM schema_migrations")
+    return {r["version"]: r["checksum"] for r in rows}
+
+
+async def calls_by_status_since(db: Executor, seconds: float) -> dict[str, int]:
+    """Calls created within the last ``seconds``, counted by status."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM calls"
+        " WHERE created_at > now() - make_interval(secs => $1) GROUP BY status",
+        seconds,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def alerts_by_status_since(db: Executor, seconds: float) -> dict[str, int]:
+    """Alerts received within the last ``seconds``, counted by status."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM alerts"
+        " WHERE received_at > now() - make_interval(secs => $1) GROUP BY status",
+        seconds,
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def open_alerts_by_status(db: Executor) -> dict[str, int]:
+    """Alerts still ringing people, whatever their age."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM alerts WHERE status = ANY($1::text[])"
+        " GROUP BY status",
+        list(OPEN_ALERT_STATUSES),
+    )
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def dead_letters_waiting(db: Executor, recent_s: float) -> list[LetterSummary]:
+    """Letters not replayed, by source and reason; ``recent``: created in the last
+    ``recent_s`` seconds."""
+    rows = await db.fetch(
+        """
+        SELECT source, reason, count(*) AS waiting,
+               count(*) FILTER (WHERE created_at > now() - make_interval(secs => $1)) AS recent,
+               max(created_at) AS newest
+        FROM dead_letters WHERE replayed_at IS NULL
+        GROUP BY source, reason ORDER BY count(*) DESC, source, reason
+        """,
+        recent_s,
+    )
+    return [LetterSummary(**dict(r)) for r in rows]
+
+
+async def stuck_calls(db: Executor, older_than_s: float) -> int:
+    """Calls at the provider (or being dialed) with no change for ``older_than_s`` seconds."""
+    value = await db.fetchval(
+        "SELECT count(*) FROM calls WHERE status = ANY($1::text[])"
+        " AND updated_at < now() - make_interval(secs => $2)",
+        [CallStatus.DIALING, CallStatus.QUEUED, CallStatus.RINGING],
+        older_than_s,
+    )
+    return int(value)
 
 
 # --- API tokens ---------------------------------------------------------------------------

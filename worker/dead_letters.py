@@ -8,11 +8,14 @@ letters; ``db`` writes them, ``replay`` (the operator's ``dlq replay``) reads th
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
+from schema import DEFAULT_TENANT
+from worker import metrics
 from worker.entries import Entry
-from worker.models import NewDeadLetter
+from worker.models import DeadLetter, NewDeadLetter
 
 # Postgres text refuses NUL, and UTF-8 cannot carry an unpaired surrogate (JSON's "\ud800").
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -57,6 +60,7 @@ def entry_from_payload(payload: dict[str, Any]) -> Entry | None:
 
 
 def ingest_letter(entry: Entry, *, reason: str, error: str, attempts: int = 1) -> NewDeadLetter:
+    metrics.dead_letter("ingest", reason)
     return NewDeadLetter(
         source="ingest",
         reason=reason,
@@ -70,6 +74,7 @@ def ingest_letter(entry: Entry, *, reason: str, error: str, attempts: int = 1) -
 def call_letter(
     call_id: int, attempt: int, *, reason: str, error: str, payload: dict[str, Any]
 ) -> NewDeadLetter:
+    metrics.dead_letter("call", reason)
     return NewDeadLetter(
         source="call",
         reason=reason,
@@ -79,6 +84,24 @@ def call_letter(
         attempts=attempt,
         call=call_id,
     )
+
+
+def letter_tenant(letter: DeadLetter) -> str | None:
+    """The tenant a letter is about: its call's, or its event's (``default`` when the event
+    names none); None for an entry too broken to say."""
+    if letter.source == "call":
+        tenant = letter.payload.get("tenant")
+        return tenant if isinstance(tenant, str) else None
+    fields = letter.payload.get("fields")
+    raw = fields.get("event") if isinstance(fields, dict) else None
+    try:
+        event = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
+        return None
+    if not isinstance(event, dict):
+        return None
+    tenant = event.get("tenant", DEFAULT_TENANT)
+    return tenant.strip() if isinstance(tenant, str) else None
 
 
 def _storable(raw: bytes) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schema import DEFAULT_ROUND_DELAY_S
-from worker import db
+from worker import db, metrics
 from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
@@ -132,7 +132,7 @@ class FanOut:
             result.done.append(item.parsed.entry.stream_id)
         added = await self.s.schedule_calls(call_ids)
         if call_ids:
-            log.info("calls.enqueued", calls=len(call_ids), new_jobs=added)
+            log.debug("calls.enqueued", calls=len(call_ids), new_jobs=added)
 
     async def _deduplicate(
         self, accepted: Sequence[_Accepted], result: FanOutResult
@@ -167,6 +167,7 @@ class FanOut:
         for dup in duplicates:
             log.info("event.deduplicated", alert_id=dup.alert_id, tenant=dup.tenant,
                      stream_id=dup.stream_id, duplicate_of=dup.owner_key)
+            metrics.event_deduplicated()
             result.done.append(dup.stream_id)
         return [a for a in accepted if id(a) not in suppressed]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis.exceptions
 
-from worker import db
+from worker import db, metrics
 from worker.dead_letters import ingest_letter
 from worker.entries import Entry, Fields, InvalidEntry, ParsedEvent, parse_event
 from worker.fanout import FanOut, RangNobody
@@ -310,7 +310,9 @@ class StreamConsumer:
                 done.append(entry.stream_id)
                 log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
                             error=exc.error[:500])
+                metrics.event_invalid(exc.reason)
         await db.insert_dead_letters(self.s.db, letters)
+        metrics.events_ingested(p.event.action for p in valid)
         result = await self.fanout.expand(valid)
         await db.insert_dead_letters(
             self.s.db, [letter for r in result.rang_nobody if (letter := _rang_nobody_letter(r))]

@@ -25,8 +25,16 @@ class Keys:
         return f"{self.prefix}queue"
 
     def health_check(self, consumer: str) -> str:
-        """One health key per replica: arq's default is shared by every replica."""
+        """One health key per replica (arq's default is shared by every replica), holding the
+        replica's latest heartbeat (``worker.health.ReplicaBeat``, JSON) and expiring with it."""
         return f"{self.prefix}health:{consumer}"
+
+    @property
+    def replicas(self) -> str:
+        """Sorted set of consumer names scored by their latest heartbeat (epoch ms): how
+        ``status`` and ``worker --check`` find health keys without scanning the keyspace, and
+        how a replica that died (its health key expired) is still named."""
+        return f"{self.prefix}replicas"
 
     def dedup_lock(self, tenant: str, alert_id: str) -> str:
         # Length-prefix the tenant so "a:b"+"c" and "a"+"b:c" cannot collide.

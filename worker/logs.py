@@ -3,14 +3,23 @@
 Masking is a processor, applied to every field of every line (and to stdlib records from
 arq, asyncpg or twilio, which are routed through the same processors), so no call site has
 to remember it.
+
+Quiet by design (docs/operations.md#logs): arq's free-text lines become events
+(``job.started``, ``job.finished``, ``job.deferred`` at DEBUG; ``job.failed``,
+``job.interrupted`` and the like at WARNING or ERROR; its shutdown lines go), and every line
+logged while a job runs, arq's included, carries the job's ``call``, ``alert`` and
+``alert_id`` (``job_scope``, ``bind_job``). Ids have one name everywhere: ``call`` (calls.id),
+``alert`` (alerts.id), ``alert_id`` and ``tenant`` (the event's), ``stream_id``, ``sid`` (the
+provider's), ``consumer``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal
 
 import structlog
@@ -81,6 +90,133 @@ def _mask_rendered(
     return event_dict
 
 
+# --- the job scope: every line a job causes names its call and alert -----------------------
+
+# One dict per running job, shared by arq's run_job task (which logs job.started/finished)
+# and the job's own task (a copy of run_job's context refers to the same dict), so what the
+# job learns (its alert) also labels arq's line about how the job ended.
+_JOB_FIELDS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "voicealert_job_fields", default=None
+)
+
+
+def job_scope(**fields: Any) -> None:
+    """Start the log scope of a job (called when arq starts it, in arq's job task)."""
+    _JOB_FIELDS.set({k: v for k, v in fields.items() if v is not None})
+
+
+def bind_job(**fields: Any) -> None:
+    """Add fields (``alert``, ``alert_id``) to every later line of the running job."""
+    scope = _JOB_FIELDS.get()
+    if scope is not None:
+        scope.update({k: v for k, v in fields.items() if v is not None})
+
+
+def _add_job_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    scope = _JOB_FIELDS.get()
+    if scope:
+        for key, value in scope.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
+# --- arq's free-text lines as events ---------------------------------------------------------
+
+# arq 0.28's format strings (pinned: tests/unit/test_logs.py reads them from arq's source) →
+# the event they become, its level, and the names of their arguments. None: dropped.
+_ArqRule = tuple[str, int, tuple[str, ...]] | None
+_ARQ_LINES: dict[str, _ArqRule] = {
+    "%6.2fs → %s(%s)%s": ("job.started", logging.DEBUG, ("queued_s", "ref", "args", "extra")),
+    "%6.2fs ← %s ● %s": ("job.finished", logging.DEBUG, ("duration_s", "ref", "result")),
+    "%6.2fs ↻ %s retrying job in %0.2fs": (
+        "job.deferred", logging.DEBUG, ("duration_s", "ref", "retry_in_s")),
+    "%6.2fs ↻ %s cancelled, will be run again": (
+        "job.interrupted", logging.WARNING, ("duration_s", "ref")),
+    "%6.2fs ⊘ %s aborted": ("job.aborted", logging.WARNING, ("duration_s", "ref")),
+    "%6.2fs ⊘ %s:%s aborted before start": (
+        "job.aborted", logging.WARNING, ("queued_s", "job_id", "function")),
+    "%6.2fs ! %s failed, %s: %s": (
+        "job.failed", logging.ERROR, ("duration_s", "ref", "error_type", "error")),
+    "%6.2fs ! %s max retries %d exceeded": (
+        "job.max_tries_exceeded", logging.ERROR, ("queued_s", "ref", "max_tries")),
+    "job %s expired": ("job.expired", logging.WARNING, ("job_id",)),
+    "deserializing job %s failed": ("job.unreadable", logging.ERROR, ("job_id",)),
+    "job %s, function %r not found": ("job.unknown_function", logging.ERROR,
+                                      ("job_id", "function")),
+    "Starting worker for %d functions: %s": ("arq.started", logging.DEBUG,
+                                             ("functions", "names")),
+    "recording health: %s": None,
+    "Setting allow_pick_jobs to `False`": None,
+    # The counters are in worker.stopped; "on SIGUSR1" is arq closing itself, not a signal.
+    "shutdown on %s ◆ %d jobs complete ◆ %d failed ◆ %d retries ◆ %d ongoing to cancel": None,
+    "shutdown on %s ◆ %d jobs complete ◆ %d failed ◆ %d retries ◆ %d to be completed": None,
+    "shutdown on %s, wait complete ◆ %d jobs complete ◆ %d failed ◆ %d retries ◆ %d ongoing "
+    "to cancel": None,
+}
+_ARQ_FIELDS = "voicealert_fields"
+
+
+class _ArqLines(logging.Filter):
+    """Rewrites arq's records into events with fields, at the level the event deserves."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("arq"):
+            return True
+        template = record.msg if isinstance(record.msg, str) else ""
+        if template not in _ARQ_LINES:
+            if template.startswith("redis_version="):  # arq's connection banner
+                return self.level <= logging.DEBUG
+            return record.levelno >= self.level
+        rule = _ARQ_LINES[template]
+        if rule is None:
+            return False
+        event, level, names = rule
+        if level < self.level:
+            return False
+        args = record.args if isinstance(record.args, tuple) else ()
+        fields = _arq_fields(dict(zip(names, args, strict=False)))
+        record.msg, record.args = event, ()
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        setattr(record, _ARQ_FIELDS, fields)
+        return True
+
+
+def _arq_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "ref":  # "<job id>:<function>"
+            job_id, _, function = str(value).rpartition(":")
+            fields["job_id"], fields["function"] = job_id, function
+        elif key == "extra":  # " try=3 delayed=1.20s"
+            for part in str(value).split():
+                name, _, number = part.partition("=")
+                fields[name] = number.removesuffix("s")
+        elif key in ("args", "result") or value in ("", None):
+            continue  # the call id is in the job id; results are logged by our own events
+        elif isinstance(value, float):
+            fields[key] = round(value, 3)
+        else:
+            fields[key] = value if isinstance(value, int | str) else str(value)
+    return fields
+
+
+def _add_record_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    record = event_dict.get("_record")
+    fields = getattr(record, _ARQ_FIELDS, None)
+    if isinstance(fields, dict):
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto",
     level: str = "info",
@@ -88,20 +224,23 @@ def configure_logging(
 ) -> None:
     """Route structlog and stdlib logging to ``stream`` (stderr) with masking applied."""
     out = stream or sys.stderr
-    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    on_terminal = _is_terminal(out)
+    use_json = fmt == "json" or (fmt == "auto" and not on_terminal)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_job_fields,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         mask_phone_numbers_processor,
     ]
+    foreign: list[Any] = [_add_record_fields, *shared]
     renderer: Any
     tail: list[Any] = [structlog.processors.format_exc_info, _mask_rendered]
     if use_json:
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(colors=on_terminal)
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
@@ -113,7 +252,7 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=foreign,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *tail,
@@ -122,12 +261,24 @@ def configure_logging(
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.addFilter(_ArqLines(logging.getLevelName(level.upper())))
+    # arq's records all reach the filter, which decides by the level of the event they become
+    # (an INFO "cancelled, will be run again" is a WARNING job.interrupted).
+    logging.getLogger("arq").setLevel(logging.DEBUG)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # twilio's HTTP client logs request bodies (the To number, the TwiML) at INFO.
     logging.getLogger("twilio").setLevel(logging.WARNING)
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty: Callable[[], bool] | None = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

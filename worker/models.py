@@ -91,6 +91,8 @@ RESOLVABLE_ALERT_STATUSES = frozenset({
     AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.ACKNOWLEDGED,
     AlertStatus.UNACKNOWLEDGED,
 })
+#: Still ringing people, or about to (``voicealert status`` counts these whatever their age).
+OPEN_ALERT_STATUSES = frozenset({AlertStatus.CALLING})
 #: What an acknowledgement applies to (an alert that ran out of rounds may still be taken).
 ACKNOWLEDGEABLE_ALERT_STATUSES = frozenset({
     AlertStatus.CALLING, AlertStatus.ANSWERED, AlertStatus.UNACKNOWLEDGED,
@@ -206,6 +208,7 @@ class CallJob:
     received_at: datetime
     answered_by: str | None = None
     acknowledged_at: datetime | None = None
+    stream_id: str | None = None  # the entry that created the alert (its id is the XADD time)
     merged_into: int | None = None
 
 
@@ -269,6 +272,31 @@ class RoundStart:
     mode: str
     started: bool
     pending: list[int]
+
+
+@dataclass(frozen=True)
+class AlertCallEvent:
+    """One change of one of an alert's calls, with the member it rang."""
+
+    id: int
+    call: int
+    round: int
+    position: int
+    member_name: str
+    phone: str
+    status: str  # a CallStatus value
+    source: str  # a StatusSource value
+    detail: str | None
+    at: datetime
+
+
+@dataclass(frozen=True)
+class DuplicateSpan:
+    """Triggers suppressed by one alert's dedup lock: how many, first and last."""
+
+    count: int
+    first: datetime | None
+    last: datetime | None
 
 
 @dataclass(frozen=True)
@@ -391,6 +419,17 @@ class ApiToken:
 
 
 # --- dead letters -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LetterSummary:
+    """Dead letters not replayed yet, of one source and reason."""
+
+    source: str
+    reason: str
+    waiting: int
+    recent: int  # of which created recently (the caller says how recently)
+    newest: datetime | None
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ recomputed and a sequential alert moves on to its next member.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker import db
+from worker import db, metrics
 from worker.jobs import run_again_in
-from worker.logs import get_logger
+from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     MACHINE_ANSWERS,
@@ -39,6 +40,7 @@ from worker.twiml import voicemail_twiml
 log = get_logger(__name__)
 
 POLL_FIRST_S = 0.25
+_STATUS_LEVELS = {CallStatus.QUEUED: logging.DEBUG, CallStatus.RINGING: logging.DEBUG}
 POLL_MAX_S = 2.0
 
 
@@ -96,9 +98,12 @@ async def apply_status(
         answered_by=observed.answered_by,
     ))
     if changed:
-        log.info("call.status", call=call.id, alert=call.alert, alert_id=call.alert_id,
-                 sid=observed.sid, status=observed.status, duration_s=observed.duration_s,
-                 answered_by=observed.answered_by)
+        metrics.call_ended(observed.status, observed.answered_by)
+        # Answered and ended are worth a line each; queued and ringing only when debugging.
+        log.log(_STATUS_LEVELS.get(CallStatus(observed.status), logging.INFO), "call.status",
+                call=call.id, alert=call.alert, alert_id=call.alert_id, sid=observed.sid,
+                status=observed.status, duration_s=observed.duration_s,
+                answered_by=observed.answered_by)
     if changed or learned:
         await after_line_change(s, call.id)
     if learned and observed.status == CallStatus.IN_PROGRESS and (
@@ -172,8 +177,8 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
     keypress = s.settings.keypress_acknowledgement
     if progress.answered and not keypress:
         if progress.mode == "sequential":
-            await db.cancel_pending_calls(s.db, alert_pk, "answered by an earlier member",
-                                          StatusSource.WORKER)
+            metrics.calls_canceled(await db.cancel_pending_calls(
+                s.db, alert_pk, "answered by an earlier member", StatusSource.WORKER))
         if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
@@ -257,6 +262,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         return "ended"
     if call is None or call.provider_sid is None:
         return "nothing-to-follow"
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     started = call.attempt_started_at or call.created_at
     age = datetime.now(UTC) - started
     try:
@@ -293,6 +299,7 @@ async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
     """poll_call gives up on a call the provider lost or never ended."""
     if await db.advance_call(s.db, call.id, CallUpdate(
             status=CallStatus.FAILED, source=StatusSource.POLL, error_message=reason)):
+        metrics.call_ended(CallStatus.FAILED)
         log.error("call.lost", call=call.id, alert=call.alert, error=reason)
         await after_line_change(s, call.id)
 
@@ -318,6 +325,7 @@ async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
         call = await db.get_call(s.db, call.merged_into)  # the call that was placed
     if call is None or call.status in TERMINAL_CALL_STATUSES:
         return "nothing-to-cancel"
+    bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if await db.line_still_wanted(s.db, call.id):
         # A merged call also speaks for an alert still being called: it goes on.
         return "still-wanted"

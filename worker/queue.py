@@ -42,6 +42,29 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
     return f"{prefix}{kind}:{call_id}"
 
 
+#: The kinds of job id (``job_id``'s ``kind``) and the job function each one runs; a settle
+#: job's kind names the status it settles (``settle-completed``), a round's its number
+#: (``round-2``).
+JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL,
+             "answer": CHECK_ANSWER, "round": START_ROUND}
+#: What the number in a job id is: a call id, except for the jobs about a whole alert.
+JOB_SUBJECTS = {START_ROUND: "alert"}
+
+
+def function_of_kind(kind: str) -> str | None:
+    return JOB_KINDS.get(kind.partition("-")[0])
+
+
+def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
+    """``(function, number)`` of one of our job ids (the number is a call id, or what
+    ``JOB_SUBJECTS`` says), or None."""
+    kind, _, call = value.removeprefix(prefix).partition(":")
+    function = function_of_kind(kind)
+    if not value.startswith(prefix) or function is None or not call.isdigit():
+        return None
+    return function, int(call)
+
+
 @dataclass(frozen=True)
 class ScheduledJob:
     function: str

@@ -80,7 +80,7 @@ class SimulatedProvider:
             pipe.zadd(self._keys.simulated_calls_to(to), {sid: now})
             pipe.expire(self._keys.simulated_calls_to(to), 86400)
             await pipe.execute()
-        log.info("simulated.call_created", sid=sid, to=to, outcome=outcome)
+        log.debug("simulated.call_created", sid=sid, to=to, outcome=outcome)
         return ProviderCall(sid=sid, status=CallStatus.QUEUED, to=to, created_at=_dt(now))
 
     async def fetch_call(self, sid: str) -> ProviderCall:

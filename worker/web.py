@@ -46,7 +46,9 @@ from arq.connections import ArqRedis
 
 from worker import api, db, webhooks
 from worker.config import Settings, redact_url
+from worker.health import migrations_pending
 from worker.logs import get_logger
+from worker.metrics_http import start_metrics_server
 from worker.queue import json_deserializer, json_serializer
 from worker.web_support import ACTOR, DB, LOG_FIELDS, REDIS, SETTINGS, error_response
 
@@ -86,9 +88,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = open_redis(settings)
     # min_size 0: no connection at start, so the process starts while Postgres is down.
     app[DB] = await db.create_pool(settings.database_url, min_size=0, max_size=10)
+    metrics_server = await start_metrics_server(settings, app[REDIS], app[DB])
     try:
         yield
     finally:
+        if metrics_server is not None:
+            await metrics_server.cleanup()
         await app[DB].close()
         await app[REDIS].aclose(close_connection_pool=True)
 
@@ -134,11 +139,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Redis and Postgres both answer within READY_TIMEOUT_S: 200; else 503 saying which."""
-    redis_check, postgres_check = await asyncio.gather(
-        _check(_ping_redis(request.app[REDIS])), _check(_ping_postgres(request.app[DB]))
+    """Redis and Postgres both answer within READY_TIMEOUT_S and every migration this code
+    knows is applied: 200; else 503 saying which."""
+    redis_check, postgres_check, migrations_check = await asyncio.gather(
+        _check(_ping_redis(request.app[REDIS])), _check(_ping_postgres(request.app[DB])),
+        _check(_migrations_applied(request.app[DB])),
     )
-    checks = {"redis": redis_check, "postgres": postgres_check}
+    checks = {"redis": redis_check, "postgres": postgres_check, "migrations": migrations_check}
     ready = all(value == "ok" for value in checks.values())
     return web.json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -152,6 +159,8 @@ async def _check(probe: Awaitable[None]) -> str:
             await probe
     except TimeoutError:
         return f"no answer within {READY_TIMEOUT_S:g}s"
+    except _NotReady as exc:
+        return str(exc)
     except Exception as exc:  # any failure to answer is "not ready", said in a word
         return f"error ({type(exc).__name__})"
     return "ok"
@@ -166,6 +175,15 @@ async def _ping_postgres(pool: asyncpg.Pool) -> None:
         await conn.fetchval("SELECT 1")
 
 
+class _NotReady(Exception):
+    """A check that answered, and the answer is no (its text is the reason)."""
+
+
+async def _migrations_applied(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        pending, error = await migrations_pending(conn)
+    if error or pending:
+        raise _NotReady(error or f"not applied: {', '.join(pending)}")
 # --- the access log -----------------------------------------------------------------------
 
 # An API token pasted where it does not belong (a path, a query string): keep its public key

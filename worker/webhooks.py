@@ -37,7 +37,7 @@ from twilio.request_validator import (
     get_signature_algorithm,
 )
 
-from worker import db
+from worker import db, metrics
 from worker.config import Settings
 from worker.logs import get_logger
 from worker.models import CallStatus, CallUpdate, StatusSource
@@ -149,6 +149,7 @@ async def status_callback(request: web.Request) -> web.Response:
             async with pool.acquire() as conn:
                 changed = await db.apply_callback(conn, call_id, update, sequence)
             if changed:
+                metrics.call_ended(status, update.answered_by)
                 await schedule_job(redis, settings, SETTLE_CALL, f"settle-{status}", call_id)
     except (*DATABASE_UNAVAILABLE, *REDIS_UNAVAILABLE) as exc:
         # Twilio does not retry: the safety-net poll follows the call instead.

@@ -18,7 +18,8 @@ async def test_web_process_is_healthy_ready_and_exits_0_on_sigterm(spawn_web: Sp
     web = await spawn_web().up()
     assert (await web.get("/healthz"))[:2] == (200, {"status": "ok"})
     status, body, _ = await web.get("/readyz")
-    assert (status, body) == (200, {"status": "ok", "checks": {"redis": "ok", "postgres": "ok"}})
+    assert (status, body) == (200, {"status": "ok", "checks": {"redis": "ok", "postgres": "ok",
+                                                               "migrations": "ok"}})
 
     web.popen.send_signal(signal.SIGTERM)
     assert await web.wait_exit(15) == 0, web.log_text()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import subprocess
 import time
@@ -18,15 +17,15 @@ from typing import Any
 
 from tests.helpers import json_lines
 
-# arq's own log lines for a job: "  0.01s → <job id>:<function>(<args>)" when it starts, then
-# "← … ●" (done), "↻" (retry or cancelled, will run again), "!" (failed) or "⊘" (aborted).
-_JOB_LINE = re.compile(r"[→←↻!⊘] (?P<job>\S+):(?P<function>place_call|poll_call|cancel_call)\b")
-_JOB_START = "→"
-_CUT_OFF = "cancelled, will be run again"  # a run cancelled halfway did not finish
+# arq's lines about a job, as worker/logs.py turns them into events (job.started and the
+# like are DEBUG: e2e workers log at debug unless a test says otherwise).
+_JOB_START = "job.started"
+_JOB_ENDS = {"job.finished", "job.deferred", "job.failed", "job.aborted",
+             "job.max_tries_exceeded"}  # not job.interrupted: cancelled halfway, will run again
 
 # Settings every e2e worker runs with unless a test overrides them.
 E2E_DEFAULTS = {
-    "VOICEALERT_LOG_LEVEL": "info",
+    "VOICEALERT_LOG_LEVEL": "debug",
     "VOICEALERT_LOG_FORMAT": "json",
     "VOICEALERT_SHUTDOWN_GRACE_S": "10",
     "VOICEALERT_HEALTH_CHECK_INTERVAL_S": "1",
@@ -78,16 +77,12 @@ class WorkerProc:
         started: list[str] = []
         finished: list[str] = []
         for record in self.events():
-            text = str(record.get("event", ""))
-            if record.get("logger") != "arq.worker":
+            if record.get("function") != function or "job_id" not in record:
                 continue
-            match = _JOB_LINE.search(text)
-            if match is None or match["function"] != function:
-                continue
-            if match.group(0).startswith(_JOB_START):
-                started.append(match["job"])
-            elif _CUT_OFF not in text:
-                finished.append(match["job"])
+            if record.get("event") == _JOB_START:
+                started.append(str(record["job_id"]))
+            elif record.get("event") in _JOB_ENDS:
+                finished.append(str(record["job_id"]))
         return started, finished
 
     def unfinished_jobs(self, function: str = "place_call") -> set[str]:

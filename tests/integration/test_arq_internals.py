@@ -5,9 +5,14 @@
   payload (``serialize_job``) itself.
 - ``worker/app.py`` subclasses ``Worker``: ``start_jobs`` is overridden to stop starting jobs
   at once on a drain (``allow_pick_jobs``), and ``in_progress_timeout_s`` is shortened.
+- tests/helpers.py reads ``arq:in-progress:<id>`` to know a job is running; so does
+  ``worker/health.py`` (call jobs running vs waiting, for ``voicealert status``).
+- ``worker/app.py`` overrides ``record_health`` (our heartbeat in the health key), reads
+  ``Worker.tasks`` (which jobs run now) and passes ``on_job_start`` (the log scope of a job);
+  ``worker/logs.py`` rewrites arq's log lines by their format strings
+  (tests/unit/test_quiet_logs.py pins those).
 - ``worker/jobs.py`` passes ``after_job_end``: it must run after the run is recorded (the job
   key deleted) and see the ctx dict the job itself ran with.
-- tests/helpers.py reads ``arq:in-progress:<id>`` to know a job is running.
 
 pyproject.toml pins arq to one minor version; moving the pin means reading these again.
 """
@@ -85,6 +90,21 @@ def test_worker_attributes_we_set_and_read_exist(settings: Settings) -> None:
     assert ours.in_progress_timeout_s < plain.in_progress_timeout_s
 
 
+def test_the_health_hooks_we_override_are_called_where_we_expect() -> None:
+    # heart_beat runs on every poll and calls record_health, which rate-limits itself with
+    # _last_health_check: our override keeps that contract (worker/app.py).
+    assert "await self.record_health()" in inspect.getsource(Worker.heart_beat)
+    assert "await self.heart_beat()" in inspect.getsource(Worker._poll_iteration)
+    assert "self._last_health_check" in inspect.getsource(Worker.record_health)
+    assert inspect.iscoroutinefunction(Worker.record_health)
+    # Running jobs are the run_job tasks in Worker.tasks, keyed by job id; on_job_start runs
+    # in that task before arq logs the job's start.
+    assert "self.tasks[job_id] = t" in inspect.getsource(Worker.start_jobs)
+    run_job = inspect.getsource(Worker.run_job)
+    assert run_job.index("await self.on_job_start(ctx)") < run_job.index("logger.info('%6.2fs →")
+    assert "on_job_start" in inspect.signature(Worker).parameters
+    # A clean stop deletes the health key (status then shows no replica, not a dead one).
+    assert "await self.pool.delete(self.health_check_key)" in inspect.getsource(Worker.close)
 def test_after_job_end_runs_after_the_run_is_recorded_with_the_jobs_own_ctx() -> None:
     assert "after_job_end" in inspect.signature(Worker.__init__).parameters
     source = inspect.getsource(Worker.run_job)

@@ -90,10 +90,10 @@ async def test_groups_delete_removes_the_group(
     cli_env: dict[str, str], db_conn: asyncpg.Connection
 ) -> None:
     await add_group(db_conn, "ops", ("Alice", "+14155550100"))
-    deleted = await run_cli(cli_env, "groups", "delete", "ops")
+    deleted = await run_cli(cli_env, "groups", "delete", "ops", "--yes")
     assert deleted.code == 0, deleted.stderr
     assert await db.get_group(db_conn, "default", "ops") is None
-    again = await run_cli(cli_env, "groups", "delete", "ops")
+    again = await run_cli(cli_env, "groups", "delete", "ops", "--yes")
     assert again.code == 2
     assert "ops" in again.error_line
 
@@ -153,7 +153,7 @@ async def test_same_group_name_in_two_tenants_are_separate_groups(
     assert await db.get_group(db_conn, "default", "oncall") is None
     shown, deleted = await asyncio.gather(
         run_cli(cli_env, "groups", "show", "oncall", "--tenant", "globex", "--json"),
-        run_cli(cli_env, "groups", "delete", "oncall", "--tenant", "acme"),
+        run_cli(cli_env, "groups", "delete", "oncall", "--tenant", "acme", "--yes"),
     )
     assert members_of(json.loads(shown.stdout)) == [("Bob", "+14155550101")]
     assert deleted.code == 0
@@ -169,7 +169,7 @@ async def test_fire_prints_the_stream_id_of_the_entry_it_wrote(
 ) -> None:
     result = await run_cli(no_db_env, "fire", "--group", "platform-oncall", "--alert-id", "db-down",
                            "--message", "Primary database is down", "--tenant", "acme",
-                           "--dedup-window", "60", "--mode", "sequential")
+                           "--dedup-window", "60", "--mode", "sequential", "--no-check")
     assert result.code == 0, result.stderr
     [(entry_id, fields)] = await stream_entries(text_redis, prefix)
     assert result.stdout.strip() == entry_id

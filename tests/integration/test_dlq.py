@@ -140,7 +140,7 @@ async def test_purge_by_id_all_and_age(
     assert missing.returncode == 2
     both = voicealert(env, "dlq", "purge", "--all", "--older-than", "1d")
     assert both.returncode == 2
-    rest = voicealert(env, "dlq", "purge", "--all")
+    rest = voicealert(env, "dlq", "purge", "--all", "--yes")
     assert rest.stdout.strip() == "purged 1 dead letter"
     assert await letters(db_conn) == []
 

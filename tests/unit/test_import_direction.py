@@ -22,7 +22,8 @@ import worker
 WORKER = Path(worker.__file__).parent
 STEPS = ["ingest", "fanout", "calls", "outcomes"]
 # The web process's feature modules (api, webhooks) serve requests: entry points too.
-ENTRY_POINTS = {"__main__", "app", "web", "api", "webhooks", "replay", "cli", "cli_support"}
+ENTRY_POINTS = {"__main__", "app", "web", "api", "webhooks", "replay", "cli", "cli_support",
+                "metrics_http"}
 
 
 def _is_entry_point(module: str) -> bool:
