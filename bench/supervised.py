@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import redis.asyncio
@@ -39,19 +40,28 @@ class Supervisor:
     repo: Path
     env: dict[str, str]
     count: int = 1
+    log_dir: Path | None = None  # each process's log goes here when given
     exits: list[int] = field(default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "worker"],
-            cwd=self.repo,
-            env={**self.env, "PYTHONPATH": str(self.repo),
-                 "VOICEALERT_CONSUMER_NAME": f"bench-{index}-{uuid.uuid4().hex[:6]}"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        name = f"bench-{index}-{uuid.uuid4().hex[:6]}"
+        out: Any = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - the child's
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                cwd=self.repo,
+                env={**self.env, "PYTHONPATH": str(self.repo), "VOICEALERT_CONSUMER_NAME": name},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
 
     async def _watch(self) -> None:
         while True:

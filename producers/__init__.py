@@ -44,8 +44,14 @@ class AlertProducer:
         self.stream = _stream_key(prefix)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = DEFAULT_PREFIX) -> AlertProducer:
-        producer = cls(redis.asyncio.Redis.from_url(url), prefix=prefix)
+    def from_url(
+        cls, url: str, *, prefix: str = DEFAULT_PREFIX, timeout_s: float = 5.0
+    ) -> AlertProducer:
+        """A producer with a client of its own, closed on exit; connecting and each command
+        wait at most ``timeout_s`` (an unreachable Redis raises instead of hanging)."""
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s,
+                                              socket_connect_timeout=timeout_s)
+        producer = cls(client, prefix=prefix)
         producer._owns_client = True
         return producer
 

@@ -29,13 +29,14 @@ from functools import wraps
 from typing import Any, cast
 
 from arq import Retry, Worker
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from arq.typing import WorkerCoroutine
 from arq.worker import func
 
 from worker import db, metrics
 from worker.calls import place_call
 from worker.config import Settings, redact_url
+from worker.connections import open_redis
 from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
@@ -70,6 +71,12 @@ _MAX_JOB_TRIES = 10_000
 IN_PROGRESS_MARGIN_S = 5.0
 
 
+def open_worker_redis(settings: Settings) -> ArqRedis:
+    """The replica's Redis client: every command bounded, XREADGROUP's block included."""
+    return open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s,
+                      blocking_s=settings.ingest_block_ms / 1000)
+
+
 def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
     """Time the job by outcome: done, deferred (a Retry: a poll rescheduling itself, or a
     call retried later), failed, interrupted (cancelled by a shutdown or a timeout)."""
@@ -96,10 +103,6 @@ def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
 
 def _job(function: JobFunction, name: str) -> Any:
     return func(measured(name, call_job(name, function)), name=name, max_tries=_MAX_JOB_TRIES)
-
-
-def redis_settings(settings: Settings) -> RedisSettings:
-    return RedisSettings.from_dsn(settings.redis_url)
 
 
 def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvider:
@@ -129,7 +132,8 @@ def measured_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallPr
 
 async def open_services(settings: Settings, redis: ArqRedis) -> Services:
     keys = Keys(settings.redis_prefix)
-    pool = await db.create_pool(settings.database_url, max_size=max(4, settings.concurrency // 4))
+    pool = await db.create_pool(settings.database_url, max_size=max(4, settings.concurrency // 4),
+                                timeout_s=settings.database_timeout_s)
     return Services(
         settings=settings,
         keys=keys,
@@ -195,7 +199,7 @@ class WorkerProcess:
             ],
             after_job_end=after_job_end,
             queue_name=self.keys.queue,
-            redis_settings=redis_settings(settings),
+            redis_pool=open_worker_redis(settings),
             on_startup=self._startup,
             on_shutdown=self._shutdown,
             on_job_start=self._job_started,

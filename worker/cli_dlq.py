@@ -25,6 +25,7 @@ from worker.cli_support import (
     with_environment,
     yes_option,
 )
+from worker.connections import close_connection, open_redis
 from worker.dead_letters import letter_tenant
 from worker.logs import mask_phone_numbers
 from worker.models import DeadLetter
@@ -98,15 +99,13 @@ async def dlq_show(letter_id: int) -> None:
 async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
     """Replay a letter (or all): ingest letters go back on the stream, call letters are
     called again. A letter whose cause is not fixed is refused, and says why."""
-    from arq.connections import RedisSettings, create_pool
-
     from worker.replay import ReplayRefused, replay
 
     if (letter_id is None) == (not replay_all):
         raise BadInput("give one letter ID or --all")
     settings = current_settings()
-    redis_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    conn = await db.connect(settings.database_url)
+    redis_pool = open_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    conn = await db.connect(settings.database_url, timeout_s=settings.database_timeout_s)
     refused = 0
     try:
         if replay_all:
@@ -124,7 +123,7 @@ async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
         if replay_all:
             click.echo(f"{len(letters) - refused} replayed, {refused} refused")
     finally:
-        await conn.close()
+        await close_connection(conn, timeout_s=settings.database_timeout_s)
         await redis_pool.aclose()
     if refused:
         sys.exit(1)

@@ -21,6 +21,7 @@ import redis.exceptions
 from schema import DEFAULT_TENANT
 from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
+from worker.connections import close_connection
 from worker.outages import DATABASE_UNAVAILABLE
 
 T = TypeVar("T")
@@ -71,12 +72,14 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 async def with_db(body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run ``body`` on a connection of its own, closed afterwards."""
-    conn = await db.connect(current_settings().database_url)
+    """Run ``body`` on a connection of its own, closed afterwards (every wait bounded by
+    VOICEALERT_DATABASE_TIMEOUT_S: an unreachable server is one line and exit 1)."""
+    settings = current_settings()
+    conn = await db.connect(settings.database_url, timeout_s=settings.database_timeout_s)
     try:
         return await body(conn)
     finally:
-        await conn.close()
+        await close_connection(conn, timeout_s=settings.database_timeout_s)
 
 
 def print_json(document: Any) -> None:

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     poll_delay_s: float = Field(default=0.05, gt=0, le=5)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     call_job_timeout_s: float = Field(default=15.0, gt=0)
+    database_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    redis_timeout_s: float = Field(default=5.0, gt=0, le=300)
     provider_timeout_s: float = Field(default=5.0, gt=0)
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
     poll_margin_s: float = Field(default=30.0, ge=0)

@@ -11,13 +11,13 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
 
 from schema import DEFAULT_ROUND_DELAY_S, DEFAULT_ROUNDS, Member
+from worker import connections
 from worker.models import (
     ACKNOWLEDGEABLE_ALERT_STATUSES,
     ANSWERED_CALL_STATUSES,
@@ -60,25 +60,21 @@ Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 Executor = asyncpg.Pool | Connection
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(
-            type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+DEFAULT_TIMEOUT_S = 5.0  # VOICEALERT_DATABASE_TIMEOUT_S's default
 
 
-async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        database_url, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
-    )
-    assert pool is not None
-    return pool
+async def create_pool(
+    database_url: str, *, min_size: int = 1, max_size: int = 10,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> asyncpg.Pool:
+    """A pool whose every wait is bounded (``worker.connections``)."""
+    return await connections.open_pool(database_url, timeout_s=timeout_s, min_size=min_size,
+                                       max_size=max_size)
 
 
-async def connect(database_url: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    await _init_connection(conn)
-    return conn
+async def connect(database_url: str, *, timeout_s: float = 10.0) -> asyncpg.Connection:
+    """One connection, for commands and tests; statements bounded by ``timeout_s``."""
+    return await connections.connect(database_url, timeout_s=timeout_s)
 
 
 # --- groups -------------------------------------------------------------------------------
@@ -184,6 +180,7 @@ async def create_alert(
     event: a redelivered event returns the rows it created the first time (``created`` is
     False), except that an event which rang nobody is taken up again."""
     async with conn.transaction():
+        await conn.execute(_LOCK_DUPLICATE_OWNERS, [alert.tenant], [alert.event_key])
         row = await conn.fetchrow(
             """
             INSERT INTO alerts (tenant, alert_id, event_key, group_name, message, mode, status,
@@ -262,10 +259,31 @@ async def create_alert(
     )
 
 
+# Counting a duplicate and creating the alert it counts toward take the same transaction
+# lock: without it, a replica counting while another creates the alert (each statement blind
+# to the other's uncommitted row) lost the count. Taken in a fixed order: no deadlock.
+_LOCK_DUPLICATE_OWNERS = """
+SELECT pg_advisory_xact_lock(hashtextextended(o.tenant || chr(31) || o.owner_key, 0))
+FROM (SELECT DISTINCT tenant, owner_key FROM unnest($1::text[], $2::text[]) AS u(tenant, owner_key)
+      ORDER BY tenant, owner_key) o
+"""
+
+
 async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> None:
     """Count suppressed events on the alert that holds the lock, once per stream entry."""
     if not duplicates:
         return
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn:
+            await record_duplicates(conn, duplicates)
+        return
+    async with db.transaction():
+        await db.execute(_LOCK_DUPLICATE_OWNERS, [d.tenant for d in duplicates],
+                         [d.owner_key for d in duplicates])
+        await _count_duplicates(db, duplicates)
+
+
+async def _count_duplicates(db: Connection, duplicates: Sequence[Duplicate]) -> None:
     await db.execute(
         """
         WITH inserted AS (

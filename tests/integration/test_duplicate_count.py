@@ -1,0 +1,48 @@
+"""Duplicates counted by one replica while another creates the alert they count toward are
+all counted (worker/db.py: both take the owner's transaction lock).
+
+Two real connections interleave as two replicas did: the alert's creation is in flight
+(its transaction open, its row not committed) when the duplicates are recorded. Before the
+lock, the count of the duplicates' statement went to no row and the alert's insert did not
+see them: a storm over two replicas counted 99 duplicates of 199.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from schema import Member
+from worker import db
+from worker.models import AlertStatus, Duplicate, NewAlert, StatusSource
+
+OWNER = "stream:1-0"
+
+
+def alert() -> NewAlert:
+    return NewAlert(tenant="default", alert_id="storm", event_key=OWNER, group_name="g",
+                    message="m", mode="parallel", status=AlertStatus.CALLING, dedup_window_s=300,
+                    metadata={}, event_id=None, stream_id="1-0")
+
+
+async def test_duplicates_recorded_while_the_alert_is_created_are_all_counted(
+    db_conn: asyncpg.Connection, database_url: str
+) -> None:
+    creator = await db.connect(database_url)
+    try:
+        members = [Member(name="A", phone="+14155550100")]
+        async with creator.transaction():
+            # The creating replica's transaction is open and holds its row, uncommitted...
+            await db.create_alert(creator, alert(), members, StatusSource.WORKER)
+            duplicates = [Duplicate(tenant="default", owner_key=OWNER, stream_id=f"{n}-1",
+                                    alert_id="storm", event_id=None) for n in range(2, 102)]
+            # ...when the other replica records 100 duplicates of it.
+            counting = asyncio.create_task(db.record_duplicates(db_conn, duplicates))
+            await asyncio.sleep(0.3)
+            assert not counting.done(), "the count must wait for the alert being created"
+        await asyncio.wait_for(counting, 5)
+    finally:
+        await creator.close()
+    assert await db_conn.fetchval("SELECT duplicates FROM alerts WHERE event_key = $1",
+                                  OWNER) == 100
