@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import redis.asyncio
 
-# Times are epoch milliseconds with a fraction (the interval is 0.1 ms at 10,000 calls/s);
-# a Lua number returned to Redis becomes an integer, so slots come back as whole milliseconds.
+# Slots within one reservation are spaced by the exact interval, which may be a fraction of a
+# millisecond (0.1 ms at 10,000 calls/s); a Lua number returned to Redis becomes an integer, so
+# slots come back as whole milliseconds. The stored schedule is rounded up to a whole
+# millisecond (never faster than the rate set), as replicas of an older version read it.
 _RESERVE = """
 local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + tonumber(now[2]) / 1000
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -24,8 +26,8 @@ for i = 1, n do
   slots[i] = tat
   tat = tat + interval
 end
-redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX',
-           math.max(math.ceil(tat - now_ms), 1) + 1000)
+tat = math.ceil(tat)
+redis.call('SET', KEYS[1], tat, 'PX', math.max(tat - now_ms, 1) + 1000)
 return slots
 """
 

@@ -110,6 +110,19 @@ async def test_rate_limiter_spaces_calls_below_a_millisecond_at_high_rates(
     assert per_ms <= 11  # ten per millisecond, one more where the fraction rounds
 
 
+async def test_rate_limiter_stores_a_whole_millisecond_schedule(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    # 3 calls/s is 333.3 ms apart; what is stored stays an integer, never ahead of the rate,
+    # so a replica of the previous version (integer arithmetic) reads it during an upgrade.
+    key = Keys(prefix).rate_limit
+    slots = await RateLimiter(client, key, calls_per_second=3).reserve(4)
+    stored = (await client.get(key)).decode()
+    assert stored.isdigit()
+    assert int(stored) >= slots[0] + 4 * 1000 / 3
+    assert {b - a for a, b in itertools.pairwise(slots)} <= {333, 334}
+
+
 async def test_enqueue_many_skips_jobs_already_queued(arq_redis: ArqRedis, prefix: str) -> None:
     keys = Keys(prefix)
     jobs = [ScheduledJob(PLACE_CALL, job_id(prefix, "call", i), (i,), 0) for i in (1, 2)]
