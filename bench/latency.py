@@ -2,9 +2,13 @@
 time at 100 and at 10 events per second.
 
 One replica, the fake Twilio (a thread in this process; both ends read the same monotonic
-clock), a one-member group, ``dedup_window_s`` 0 so every event rings; the same worker
-process serves both rates, 100 ev/s first, then (once its job queue is empty) 10 ev/s. Each
-event says its rate and number in its message, which the POST carries, so every POST is
+clock), ``dedup_window_s`` 0 so every event rings; the same worker process serves both
+rates, 100 ev/s first, then (once its job queue is empty) 10 ev/s. Each event rings a person
+of its own (a one-member group per event, its own number): one person is rung one call at a
+time, so events to the same person would measure how long calls last, not the pipeline. The
+merge window is 0 for the same reason: with the default (2 s), a new alert's first call
+waits that long for other alerts to join it. Each event says its rate and number in its
+message, which the POST carries, so every POST is
 matched to its event. The first events of each rate warm connections up and are not counted.
 Baseline, same run: a process doing only XREADGROUP → POST → XACK (``bench.raw_post``).
 
@@ -38,7 +42,9 @@ from bench.common import (
 )
 from bench.figures import Benchmark, Figure, Goal, Sample, Sizes
 from producers import AlertProducer
+from schema import Member
 from testing.fake_twilio import FakeTwilio
+from worker import db
 
 GROUP = "latency"
 WARM_UP = 3
@@ -83,7 +89,7 @@ async def _fire_paced(place: Place, prefix: str, rate: int, count: int) -> list[
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await producer.fire(alert_id=_alert_id(rate, i), group=GROUP,
+            await producer.fire(alert_id=_alert_id(rate, i), group=_group(rate, i),
                                 message=f"latency probe {rate}-{i}", dedup_window_s=0)
             sent.append(Sent(time.monotonic(), time.time()))
     return sent
@@ -116,12 +122,30 @@ def _phases(place: Place, prefix: str, fake: FakeTwilio, sizes: Sizes, procs: Pr
     return phases
 
 
+def _group(rate: int, index: int) -> str:
+    return f"{GROUP}-{rate}-{index}"
+
+
+async def _one_person_groups(place: Place, sizes: Sizes) -> None:
+    """A one-member group per event, each with a number of its own."""
+    conn = await db.connect(place.database_url)
+    try:
+        for rate in RATES:
+            for index in range(_count(rate, sizes)):
+                [phone] = phones(1, start=RATES.index(rate) * 50_000 + index)
+                await db.upsert_group(conn, "default", _group(rate, index),
+                                      [Member(name="m0", phone=phone)])
+    finally:
+        await conn.close()
+
+
 def voicealert_phases(place: Place, sizes: Sizes) -> tuple[list[Phase], str]:
     """The phases, and the worker's log (read before its temporary directory goes)."""
     place.reset()
-    place.set_group(GROUP, phones(1))
+    asyncio.run(_one_person_groups(place, sizes))
     with FakeTwilio() as fake:
-        env = place.worker_env(**fake_twilio_env(fake), VOICEALERT_CALLS_PER_SECOND="1000")
+        env = place.worker_env(**fake_twilio_env(fake), VOICEALERT_CALLS_PER_SECOND="1000",
+                               VOICEALERT_MERGE_WINDOW_S="0")
         with workers(place, env, 1, label="latency") as procs:
             client = place.client()
 

@@ -1,8 +1,15 @@
-"""The demo behind ``scripts/demo``: one alert through the whole pipeline, on embedded defaults.
+"""The demo behind ``scripts/demo``: two alerts through the whole pipeline, on embedded
+defaults (the simulated provider; no web process needed: the simulated provider reports a
+pressed key to the worker's poll, as Twilio posts it to the web process).
 
-Runs ``voicealert`` exactly as an operator would: migrate, set a group, start a worker
-process (simulated provider), fire an event, show it on the stream, wait for the calls to
-end, print the calls table, stop the worker with SIGTERM.
+Runs ``voicealert`` exactly as an operator would: migrate, set two groups, start a worker
+process, fire the events, show them on the stream, wait for every call to end, print the
+calls, stop the worker with SIGTERM.
+
+- ``demo-oncall``, parallel: Alice answers and presses 1; Bob's phone is still ringing and is
+  hung up, Carol's call is canceled. The alert is acknowledged by Alice.
+- ``demo-sequential``: an answering machine picks up Dave's phone. It is not an answer: the
+  machine is hung up on and Erin is called; she presses 1.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -22,8 +30,10 @@ from worker.models import TERMINAL_CALL_STATUSES
 
 REPO = Path(__file__).resolve().parent.parent
 VOICEALERT = [sys.executable, "-m", "worker"]
-GROUP = "demo-oncall"
-MEMBERS = ["Alice=+14155550100", "Bob=+14155550101", "Carol=+14155550102"]
+PARALLEL = ("demo-oncall", ["Alice=+14155550100", "Bob=+14155550101", "Carol=+14155550102"])
+SEQUENTIAL = ("demo-sequential", ["Dave=+14155550103", "Erin=+14155550104"])
+OUTCOMES = ("+14155550100=press-1,+14155550101=no-answer,+14155550103=machine,"
+            "+14155550104=press-1,*=completed")
 
 
 def run(*args: str, ok: tuple[int, ...] = (0,)) -> str:
@@ -50,14 +60,54 @@ def wait_until_alive(worker: subprocess.Popen[bytes], log_path: Path) -> None:
     raise SystemExit(f"demo: the worker was not alive within 30 s; see {log_path}")
 
 
+def calls_json(alert_id: str) -> list[dict[str, Any]]:
+    out = subprocess.run([*VOICEALERT, "calls", "--alert-id", alert_id, "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
+def show_entry(client: redis.Redis, prefix: str, entry_id: str) -> None:
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+        f"{prefix}events", entry_id, entry_id
+    )
+    for sid, fields in entries:
+        print(f"on the stream: {sid.decode()} event={fields[b'event'].decode()}")
+
+
+def wait_until_ended(worker: subprocess.Popen[bytes], log_path: Path,
+                     expected: dict[str, int]) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"demo: the worker exited with {worker.returncode}; "
+                             f"see {log_path}")
+        done = True
+        for alert_id, count in expected.items():
+            rows = calls_json(alert_id)
+            ended = [r for r in rows if r["status"] in TERMINAL_CALL_STATUSES]
+            done = done and len(rows) == count and len(ended) == count
+        if done:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"demo: calls did not finish within 90 s; see {log_path}")
+
+
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("VOICEALERT_PROVIDER", "simulated")
-    env.setdefault("VOICEALERT_SIMULATED_OUTCOMES", "+14155550101=no-answer,*=completed")
+    env.setdefault("VOICEALERT_SIMULATED_OUTCOMES", OUTCOMES)
+    # Phones ring 3 s and calls last 1 s; one call every 5 s, so Bob's and Carol's phones
+    # are still ringing (or not dialed yet) when Alice presses 1.
+    env.setdefault("VOICEALERT_SIMULATED_RING_S", "3")
+    env.setdefault("VOICEALERT_SIMULATED_TALK_S", "1")
+    env.setdefault("VOICEALERT_CALLS_PER_SECOND", "0.2")
     env.setdefault("VOICEALERT_LOG_FORMAT", "console")
     os.environ.update(env)
     run("migrate")
-    run("groups", "set", GROUP, *[a for m in MEMBERS for a in ("--member", m)])
+    for name, members in (PARALLEL, SEQUENTIAL):
+        run("groups", "set", name, *[a for m in members for a in ("--member", m)],
+            "--rounds", "1")
 
     state = Path(os.environ.get("VOICEALERT_STATE_DIR", REPO / ".state"))
     state.mkdir(parents=True, exist_ok=True)
@@ -67,34 +117,26 @@ def main() -> int:
         worker = subprocess.Popen([*VOICEALERT, "worker"], stdout=log_file, stderr=log_file)
     try:
         wait_until_alive(worker, log_path)
-        alert_id = f"demo-{uuid.uuid4().hex[:8]}"
+        suffix = uuid.uuid4().hex[:8]
+        parallel, sequential = f"demo-{suffix}", f"demo-seq-{suffix}"
         started = time.monotonic()
-        entry_id = run("fire", "--group", GROUP, "--alert-id", alert_id,
-                       "--message", "Demo: the primary database is down").strip()
         client: redis.Redis = redis.Redis.from_url(os.environ["REDIS_URL"])
         prefix = os.environ.get("VOICEALERT_REDIS_PREFIX", "voicealert:")
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-            f"{prefix}events", entry_id, entry_id
-        )
-        for sid, fields in entries:
-            print(f"on the stream: {sid.decode()} event={fields[b'event'].decode()}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise SystemExit(f"demo: the worker exited with {worker.returncode}; "
-                                 f"see {log_path}")
-            out = subprocess.run([*VOICEALERT, "calls", "--alert-id", alert_id, "--json"],
-                                 capture_output=True, text=True, check=True).stdout
-            rows = json.loads(out)
-            ended = [r for r in rows if r["status"] in TERMINAL_CALL_STATUSES]
-            if len(rows) == len(MEMBERS) and len(ended) == len(rows):
-                break
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"demo: calls did not finish within 60 s; see {log_path}")
-        print(f"all {len(rows)} calls ended {time.monotonic() - started:.1f}s after the event")
-        run("calls", "--alert-id", alert_id)
-        run("alerts", "show", alert_id)
+        entry = run("fire", "--group", PARALLEL[0], "--alert-id", parallel,
+                    "--message", "Demo: the primary database is down").strip()
+        show_entry(client, prefix, entry)
+        entry = run("fire", "--group", SEQUENTIAL[0], "--alert-id", sequential,
+                    "--mode", "sequential", "--message", "Demo: the disk of db-2 is full"
+                    ).strip()
+        show_entry(client, prefix, entry)
+        wait_until_ended(worker, log_path, {parallel: 3, sequential: 2})
+        print(f"every call ended {time.monotonic() - started:.1f}s after the first event")
+        print("\nAlice pressed 1: Bob's ringing call was hung up, Carol's was canceled")
+        run("calls", "--alert-id", parallel)
+        run("alerts", "show", parallel)
+        print("\nA machine answered Dave's phone: not an answer, so Erin was called; she "
+              "pressed 1")
+        run("calls", "--alert-id", sequential)
         run("status", ok=(0, 1))  # 1: degraded, which the screen explains
     finally:
         worker.send_signal(signal.SIGTERM)

@@ -126,6 +126,8 @@ def env(database_url: str, redis_url: str, prefix: str, fake_twilio: FakeTwilio)
         "VOICEALERT_RECLAIM_INTERVAL_S": "0.5",
         "VOICEALERT_INGEST_BLOCK_MS": "100",
         "VOICEALERT_LOG_FORMAT": "json",
+        # No merge window: a test's first call is placed at once (tests of merging set it).
+        "VOICEALERT_MERGE_WINDOW_S": "0",
     }
 
 

@@ -17,6 +17,7 @@ from arq import Retry
 
 from worker import db, metrics
 from worker.dead_letters import call_letter
+from worker.jobs import run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
@@ -25,9 +26,10 @@ from worker.models import (
     CallJob,
     CallStatus,
     CallUpdate,
+    LineClaim,
     StatusSource,
 )
-from worker.outcomes import after_status_change, record_provider_call, schedule_poll
+from worker.outcomes import after_line_change, record_provider_call, schedule_poll
 from worker.providers import (
     AmbiguousProviderError,
     CallOptions,
@@ -38,13 +40,19 @@ from worker.providers import (
 )
 from worker.retries import backoff_s
 from worker.services import Services
-from worker.twiml import alert_twiml
+from worker.twiml import alert_twiml, fits
 from worker.webhook_urls import WebhookUrls
 
 log = get_logger(__name__)
 
 # Provider clocks and ours differ; the lookup window starts this much before our attempt.
 LOOKUP_SLACK = timedelta(seconds=5)
+#: A call waiting for its number looks again this often (a number is free within seconds of
+#: its call ending).
+LINE_RECHECK_S = 2.0
+#: A call still live this long after it was placed no longer keeps its number from being
+#: called: a page lasts a minute or two, and a second call beats a missed one.
+LINE_STUCK_S = 900.0
 
 
 async def place_call(ctx: dict[str, Any], call_id: int) -> str:
@@ -57,6 +65,8 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
     if call.status in TERMINAL_CALL_STATUSES:
         return "already-ended"
+    if call.merged_into is not None:
+        return "merged"  # placed, and followed, as part of the call it was merged into
     # A sid on a 'dialing' row: the previous run was stopped between recording the sid and
     # the status. It is placed (the lookup would skip it as "known" and ring again).
     if call.status in LIVE_PROVIDER_STATUSES or call.provider_sid is not None:
@@ -87,7 +97,45 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         await _give_up(s, call, "exhausted",
                        f"no call placed after {call.attempts} attempts")
         return "exhausted"
-    return await _dial(s, call, ctx.get("job_try", 1))
+    if call.status == CallStatus.PENDING:
+        claim = await _claim_line(s, call)
+        if claim.kind in ("busy", "window"):
+            # Looked at again soon: the number is being called, or other alerts may still
+            # come and be spoken in the same call.
+            run_again_in(ctx, LINE_RECHECK_S if claim.kind == "busy" else claim.wait_s)
+            return "waiting"
+        if claim.attempt is None:
+            return "merged"
+        attempt = claim.attempt
+    else:
+        retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
+        if retried is None:
+            return "not-dialable"
+        attempt = retried
+    return await _dial(s, call, attempt)
+
+
+async def _claim_line(s: Services, call: CallJob) -> LineClaim:
+    """One ring at a time per number: take the number for this call, with the calls waiting
+    for it that one call can speak (``db.claim_line``), or learn that it must wait."""
+    urls = s.settings.webhook_urls
+    gather = urls.gather(call.id) if urls else None
+
+    def fitting(messages: list[str]) -> int:
+        count = 1
+        while count < len(messages) and fits(messages[: count + 1], speech=s.settings.speech,
+                                             gather_action=gather):
+            count += 1
+        return count
+
+    async with s.db.acquire() as conn:
+        claim = await db.claim_line(
+            conn, call.id, window_s=s.settings.merge_window_s, stuck_s=LINE_STUCK_S,
+            max_age_s=s.settings.max_call_age_s, fitting=fitting, source=StatusSource.WORKER)
+    if claim.merged:
+        log.info("call.merged", call=call.id, alert=call.alert, merged=claim.merged,
+                 to=call.phone)
+    return claim
 
 
 async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall | None:
@@ -112,17 +160,16 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
     return None
 
 
-async def _dial(s: Services, call: CallJob, job_try: int) -> str:
+async def _dial(s: Services, call: CallJob, attempt: int) -> str:
+    """POST the call (the attempt is recorded already); it speaks every alert merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
-    attempt = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
-    if attempt is None:
-        return "not-dialable"
+    messages = await db.line_messages(s.db, call.id) or [call.message]
     metrics.dialing(call, attempt)
-    bound.info("call.dialing", to=call.phone, attempt=attempt)
+    bound.info("call.dialing", to=call.phone, attempt=attempt, alerts=len(messages))
     started = time.monotonic()
     try:
         placed = await s.provider.create_call(
-            to=call.phone, twiml=call_twiml(s, call.id, [call.message]),
+            to=call.phone, twiml=call_twiml(s, call.id, messages),
             options=call_options(s, call.id))
     except PermanentProviderError as exc:
         await _fail_permanently(s, call, attempt, exc)
@@ -174,16 +221,18 @@ async def _retry_delay(s: Services, attempt: int) -> float:
 async def _fail_permanently(
     s: Services, call: CallJob, attempt: int, exc: PermanentProviderError
 ) -> None:
+    line = await _line(s, call)
     if await db.advance_call(s.db, call.id, CallUpdate(
             status=CallStatus.FAILED, source=StatusSource.WORKER, error_code=exc.code,
             error_message=str(exc))):
         metrics.call_ended(CallStatus.FAILED)
     await db.insert_dead_letters(s.db, [call_letter(
-        call.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
-        payload=_letter_payload(call) | {"http_status": exc.http_status, "code": exc.code})])
+        each.id, attempt, reason="provider_rejected", error=f"{exc.code}: {exc}",
+        payload=_letter_payload(each) | {"http_status": exc.http_status, "code": exc.code})
+        for each in line])
     log.error("call.rejected", call=call.id, alert=call.alert, alert_id=call.alert_id,
-              code=exc.code, error=str(exc), to=call.phone)
-    await after_status_change(s, call.alert)
+              code=exc.code, error=str(exc), to=call.phone, merged=len(line) - 1)
+    await after_line_change(s, call.id)
 
 
 _GIVE_UP_EVENTS = {"stale": "call.stale", "exhausted": "call.exhausted"}
@@ -192,15 +241,23 @@ _GIVE_UP_EVENTS = {"stale": "call.stale", "exhausted": "call.exhausted"}
 async def _give_up(
     s: Services, call: CallJob, reason: Literal["stale", "exhausted"], error: str
 ) -> None:
+    line = await _line(s, call)
     changed = await db.advance_call(s.db, call.id, CallUpdate(
         status=CallStatus.FAILED, source=StatusSource.WORKER, error_message=error))
     if changed:
         metrics.call_ended(CallStatus.FAILED)
         await db.insert_dead_letters(s.db, [call_letter(
-            call.id, call.attempts, reason=reason, error=error, payload=_letter_payload(call))])
+            each.id, each.attempts, reason=reason, error=error, payload=_letter_payload(each))
+            for each in line])
         log.error(_GIVE_UP_EVENTS[reason], call=call.id, alert=call.alert, alert_id=call.alert_id,
                   error=error)
-    await after_status_change(s, call.alert)
+    await after_line_change(s, call.id)
+
+
+async def _line(s: Services, call: CallJob) -> list[CallJob]:
+    """The call and the calls merged into it: each alert gets its own dead letter."""
+    merged = [await db.get_call(s.db, other) for other in await db.merged_calls(s.db, call.id)]
+    return [call, *(m for m in merged if m is not None)]
 
 
 def _letter_payload(call: CallJob) -> dict[str, Any]:

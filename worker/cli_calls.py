@@ -45,7 +45,7 @@ async def calls(alert_id: str | None, status: str | None, since: datetime | None
         return
     header = f"{'call':>6}  {'created (UTC)':<19}  {'alert_id':<20} {'rnd':>3} " \
              f"{'member':<14} {'phone':<16} {'status':<12} {'tries':>5} {'dur':>4}  " \
-             f"{'answered_by':<12} {'ack':<14} error"
+             f"{'answered_by':<16} {'ack':<14} error"
     click.echo(header)
     for r in rows:
         error = f"{r.error_code or ''} {r.error_message or ''}".strip()
@@ -55,7 +55,7 @@ async def calls(alert_id: str | None, status: str | None, since: datetime | None
             f"{r.id:>6}  {r.created_at:%Y-%m-%d %H:%M:%S}  {r.alert_id[:20]:<20} {r.round:>3} "
             f"{r.member_name[:14]:<14} {r.phone:<16} {r.status:<12} {r.attempts:>5} "
             f"{r.duration_s if r.duration_s is not None else '-':>4}  "
-            f"{(r.answered_by or '-')[:12]:<12} {_acknowledged(r)[:14]:<14} {error}"))
+            f"{(r.answered_by or '-')[:16]:<16} {_acknowledged(r)[:14]:<14} {error}"))
 
 
 def _acknowledged(row: CallRow) -> str:

@@ -127,6 +127,7 @@ class Settings(BaseSettings):
     speech_voice: str = Field(default="alice", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     speech_language: str = Field(default="en-US",
                                  pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8}){0,3}$")
+    merge_window_s: float = Field(default=2.0, ge=0, le=60)
     machine_detection: Literal["Enable", "DetectMessageEnd", "off"] = "Enable"
     voicemail: bool = False
     simulated_outcomes: str = "completed"

@@ -23,6 +23,7 @@ from worker.models import (
     ANSWERED_CALL_STATUSES,
     CALLING_STOPPED_ALERT_STATUSES,
     HUMAN,
+    LIVE_PROVIDER_STATUSES,
     MACHINE_ANSWERS,
     OPEN_ALERT_STATUSES,
     RANG_NOBODY_ALERT_STATUSES,
@@ -46,6 +47,7 @@ from worker.models import (
     Group,
     Keypress,
     LetterSummary,
+    LineClaim,
     LiveCall,
     NewAlert,
     NewDeadLetter,
@@ -435,6 +437,117 @@ async def acknowledge_call(conn: Connection, call_id: int) -> Keypress | None:
     return Keypress(member_name=member, acknowledged=int(acknowledged), to_cancel=to_cancel)
 
 
+async def claim_line(
+    conn: Connection,
+    call_id: int,
+    *,
+    window_s: float,
+    stuck_s: float,
+    max_age_s: float,
+    fitting: Callable[[list[str]], int],
+    source: StatusSource,
+) -> LineClaim:
+    """One ring at a time per number: may this pending call be placed now, and with which
+    other calls to the same number?
+
+    Under an advisory lock on the number (every replica takes it), the call is marked
+    waiting; when another call to the number is being placed or is live (and not stuck
+    longer than ``stuck_s``), or its alert arrived less than ``window_s`` ago, it waits.
+    Otherwise it takes the number: the calls waiting for it (oldest first, as many as
+    ``fitting`` says one call can speak) are merged into it, and all of them start an
+    attempt together, in the same transaction, so no other claim can see the number free."""
+    async with conn.transaction():
+        call = await conn.fetchrow("SELECT phone FROM calls WHERE id = $1", call_id)
+        if call is None:
+            return LineClaim(kind="gone")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 9))",
+                           call["phone"])
+        mine = await conn.fetchrow(
+            """
+            UPDATE calls c SET waiting_since = coalesce(c.waiting_since, now())
+            FROM alerts a
+            WHERE c.id = $1 AND a.id = c.alert AND c.status = $2 AND c.merged_into IS NULL
+            RETURNING a.message,
+                      extract(epoch FROM a.received_at + make_interval(secs => $3) - now())
+                          AS window_left_s
+            """,
+            call_id,
+            CallStatus.PENDING,
+            window_s,
+        )
+        if mine is None:
+            return LineClaim(kind="gone")  # merged into another call, or no longer pending
+        busy = await conn.fetchval(
+            """
+            SELECT count(*) FROM calls
+            WHERE phone = $1 AND id <> $2 AND status = ANY($3::text[])
+              AND coalesce(attempt_started_at, updated_at) > now() - make_interval(secs => $4)
+            """,
+            call["phone"],
+            call_id,
+            [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES],
+            stuck_s,
+        )
+        if busy:
+            return LineClaim(kind="busy")
+        if mine["window_left_s"] > 0:
+            return LineClaim(kind="window", wait_s=float(mine["window_left_s"]))
+        waiting = await conn.fetch(
+            """
+            SELECT c.id, a.message FROM calls c JOIN alerts a ON a.id = c.alert
+            WHERE c.phone = $1 AND c.id <> $2 AND c.status = $3 AND c.merged_into IS NULL
+              AND c.waiting_since IS NOT NULL AND NOT a.status = ANY($4::text[])
+              AND a.received_at > now() - make_interval(secs => $5)
+            ORDER BY c.waiting_since, c.id
+            LIMIT 100
+            """,
+            call["phone"],
+            call_id,
+            CallStatus.PENDING,
+            list(CALLING_STOPPED_ALERT_STATUSES),
+            max_age_s,
+        )
+        count = max(1, fitting([mine["message"], *[w["message"] for w in waiting]]))
+        merged = [w["id"] for w in waiting[: count - 1]]
+        await conn.execute(
+            "UPDATE calls SET merged_into = $1, updated_at = now() WHERE id = ANY($2::bigint[])",
+            call_id,
+            merged,
+        )
+        attempt = await start_attempt(conn, call_id, source)
+    return LineClaim(kind="claimed", attempt=attempt, merged=merged)
+
+
+async def merged_calls(db: Executor, call_id: int) -> list[int]:
+    """The calls merged into this one."""
+    rows = await db.fetch("SELECT id FROM calls WHERE merged_into = $1 ORDER BY id", call_id)
+    return [r["id"] for r in rows]
+
+
+async def line_alerts(db: Executor, call_id: int) -> list[int]:
+    """The alerts a call speaks for: its own, and those of the calls merged into it."""
+    rows = await db.fetch(
+        "SELECT DISTINCT alert FROM calls WHERE id = $1 OR merged_into = $1 ORDER BY alert",
+        call_id,
+    )
+    return [r["alert"] for r in rows]
+
+
+async def line_still_wanted(db: Executor, call_id: int) -> bool:
+    """Whether a call (or one merged into it, or the call it was merged into) still speaks
+    for an alert that is being called: then it must not be hung up for the others."""
+    return bool(await db.fetchval(
+        """
+        WITH lead AS (SELECT coalesce(merged_into, id) AS id FROM calls WHERE id = $1)
+        SELECT count(*) FROM calls c JOIN alerts a ON a.id = c.alert
+        WHERE (c.id = (SELECT id FROM lead) OR c.merged_into = (SELECT id FROM lead))
+          AND NOT a.status = ANY($2::text[])
+        """,
+        call_id,
+        list(CALLING_STOPPED_ALERT_STATUSES),
+    ))
+
+
 async def line_messages(db: Executor, call_id: int) -> list[str]:
     """The messages a call speaks: its own alert's, then those of the calls merged into it."""
     rows = await db.fetch(
@@ -454,7 +567,7 @@ async def get_call(db: Executor, call_id: int) -> CallJob | None:
         SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
                c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
                a.message, a.mode, a.status AS alert_status, a.received_at, c.answered_by,
-               c.acknowledged_at, a.stream_id
+               c.acknowledged_at, c.merged_into, a.stream_id
         FROM calls c JOIN alerts a ON a.id = c.alert
         WHERE c.id = $1
         """,
@@ -478,13 +591,15 @@ async def start_attempt(db: Executor, call_id: int, source: StatusSource) -> int
             UPDATE calls
             SET status = $2, attempts = attempts + 1, attempt_started_at = now(),
                 updated_at = now()
-            WHERE id = $1 AND status = ANY($3::text[])
+            WHERE (id = $1 OR merged_into = $1) AND status = ANY($3::text[])
             RETURNING id, status, attempts
         ), recorded AS (
             INSERT INTO call_events (call, status, source, detail)
-            SELECT id, status, $4, 'attempt ' || attempts FROM attempt
+            SELECT id, status, $4, 'attempt ' || attempts
+                   || CASE WHEN id <> $1 THEN ', merged into call ' || $1 ELSE '' END
+            FROM attempt ORDER BY id
         )
-        SELECT attempts FROM attempt
+        SELECT attempts FROM attempt WHERE id = $1
         """,
         call_id,
         CallStatus.DIALING,
@@ -497,17 +612,19 @@ async def start_attempt(db: Executor, call_id: int, source: StatusSource) -> int
 async def return_to_pending(
     db: Executor, call_id: int, error_code: int | None, error: str, source: StatusSource
 ) -> None:
-    """The provider certainly did not create the call (throttled, connection refused)."""
+    """The provider certainly did not create the call (throttled, connection refused). The
+    calls merged into it are unmerged: each waits again, and the next claim of the number
+    merges what is waiting then."""
     await db.execute(
         """
         WITH returned AS (
             UPDATE calls SET status = $4, error_code = $2, error_message = $3,
-                             updated_at = now()
-            WHERE id = $1 AND status = $5
+                             merged_into = NULL, updated_at = now()
+            WHERE (id = $1 OR merged_into = $1) AND status = $5
             RETURNING id, status
         )
         INSERT INTO call_events (call, status, source, detail)
-        SELECT id, status, $6, $7 FROM returned
+        SELECT id, status, $6, $7 FROM returned ORDER BY id
         """,
         call_id,
         error_code,
@@ -629,10 +746,11 @@ async def record_answered_by(
 
 
 async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
-    """Attach the provider's sid even when the status does not move (callback came first)."""
+    """Attach the provider's sid (to the rows merged into the call too) even when the status
+    does not move (a callback came first)."""
     await db.execute(
         "UPDATE calls SET provider_sid = $2, updated_at = now()"
-        " WHERE id = $1 AND provider_sid IS NULL",
+        " WHERE (id = $1 OR merged_into = $1) AND provider_sid IS NULL",
         call_id,
         sid,
     )

@@ -8,7 +8,7 @@ forgotten in another fails the suite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -209,6 +209,20 @@ class CallJob:
     answered_by: str | None = None
     acknowledged_at: datetime | None = None
     stream_id: str | None = None  # the entry that created the alert (its id is the XADD time)
+    merged_into: int | None = None
+
+
+@dataclass(frozen=True)
+class LineClaim:
+    """What claiming a number for a call decided (``db.claim_line``): ``claimed`` (placed now,
+    with the calls merged into it, as attempt ``attempt``), ``busy`` (the number is being
+    called), ``window`` (the merge window is open for ``wait_s`` more seconds), ``gone``
+    (merged into another call, or not pending any more)."""
+
+    kind: str
+    attempt: int | None = None
+    merged: list[int] = field(default_factory=list)
+    wait_s: float = 0.0
 
 
 @dataclass(frozen=True)

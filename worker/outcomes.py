@@ -74,7 +74,8 @@ async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall)
     await apply_status(s, call, placed, StatusSource.WORKER)
     fresh = await db.get_call(s.db, call.id)
     stopped = fresh is not None and fresh.alert_status in CALLING_STOPPED_ALERT_STATUSES
-    if fresh is not None and stopped and fresh.status in UNANSWERED_CALL_STATUSES:
+    if fresh is not None and stopped and fresh.status in UNANSWERED_CALL_STATUSES and (
+            not await db.line_still_wanted(s.db, call.id)):
         await cancel_at_provider(s, fresh, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
@@ -104,11 +105,18 @@ async def apply_status(
                 status=observed.status, duration_s=observed.duration_s,
                 answered_by=observed.answered_by)
     if changed or learned:
-        await after_status_change(s, call.alert)
+        await after_line_change(s, call.id)
     if learned and observed.status == CallStatus.IN_PROGRESS and (
             observed.answered_by in MACHINE_ANSWERS):
         await answer_machine(s, call, observed.sid)
     return changed
+
+
+async def after_line_change(s: Services, call_id: int) -> None:
+    """A call changed: decide again for every alert it speaks for (merged calls speak for
+    several)."""
+    for alert_pk in await db.line_alerts(s.db, call_id):
+        await after_status_change(s, alert_pk)
 
 
 async def acknowledge_from_provider(s: Services, call: CallJob) -> None:
@@ -147,7 +155,7 @@ async def check_answer(ctx: dict[str, Any], call_id: int) -> str:
     call = await db.get_call(s.db, call_id)
     if call is None:
         return "missing"
-    await after_status_change(s, call.alert)
+    await after_line_change(s, call.id)
     live = call.status not in TERMINAL_CALL_STATUSES and call.provider_sid is not None
     if live and call.answered_by in MACHINE_ANSWERS:
         assert call.provider_sid is not None
@@ -238,17 +246,19 @@ async def settle_call(ctx: dict[str, Any], call_id: int) -> str:
     call = await db.get_call(s.db, call_id)
     if call is None:
         return "missing"
-    await after_status_change(s, call.alert)
+    await after_line_change(s, call.id)
     return "settled"
 
 
 async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
+    if call is not None and call.merged_into is not None:
+        return "merged"  # followed as part of the call it was merged into
     if call is not None and call.status in TERMINAL_CALL_STATUSES:
         # Ended (a callback, or a run of this job stopped before deciding): decide again,
         # which is idempotent, in case the decision was lost.
-        await after_status_change(s, call.alert)
+        await after_line_change(s, call.id)
         return "ended"
     if call is None or call.provider_sid is None:
         return "nothing-to-follow"
@@ -268,7 +278,8 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     if observed.status in TERMINAL_CALL_STATUSES:
         return observed.status
     if call.alert_status in CALLING_STOPPED_ALERT_STATUSES and (
-            observed.status in UNANSWERED_CALL_STATUSES):
+            observed.status in UNANSWERED_CALL_STATUSES) and (
+            not await db.line_still_wanted(s.db, call.id)):
         # Resolved or acknowledged, and its cancel job was lost: hang it up now.
         await cancel_at_provider(s, call, call.provider_sid, StatusSource.CANCEL)
     limit = (
@@ -290,7 +301,7 @@ async def _end_unknown(s: Services, call: CallJob, reason: str) -> None:
             status=CallStatus.FAILED, source=StatusSource.POLL, error_message=reason)):
         metrics.call_ended(CallStatus.FAILED)
         log.error("call.lost", call=call.id, alert=call.alert, error=reason)
-        await after_status_change(s, call.alert)
+        await after_line_change(s, call.id)
 
 
 async def cancel_at_provider(
@@ -310,9 +321,14 @@ async def cancel_call(ctx: dict[str, Any], call_id: int) -> str:
     yet answered."""
     s: Services = ctx["services"]
     call = await db.get_call(s.db, call_id)
+    if call is not None and call.merged_into is not None:
+        call = await db.get_call(s.db, call.merged_into)  # the call that was placed
     if call is None or call.status in TERMINAL_CALL_STATUSES:
         return "nothing-to-cancel"
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
+    if await db.line_still_wanted(s.db, call.id):
+        # A merged call also speaks for an alert still being called: it goes on.
+        return "still-wanted"
     if call.provider_sid is None:
         # Still dialing: place_call cancels it once the provider answers with a sid. Look
         # again while that POST may still be in flight (a job lasts at most its timeout).

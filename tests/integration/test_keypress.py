@@ -128,6 +128,11 @@ async def test_a_keypress_during_the_first_sentence_counts(
 
     await _acknowledged(db_conn, "early")
     [call] = fake_twilio.created_calls()
+
+    async def confirmed() -> bool:  # the fake logs a sentence once it has been said
+        return fake_twilio.spoken(call.sid)[-1:] == ["Acknowledged. Thank you."]
+
+    await wait_for(confirmed, what="the confirmation said")
     said = fake_twilio.spoken(call.sid)
     assert said[0].startswith("This is an alert from voice alert.")
     assert "interrupted" in said[0]  # the key cut the introduction short

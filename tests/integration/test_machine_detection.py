@@ -127,7 +127,7 @@ async def test_a_machine_is_left_a_short_voicemail_when_configured(
     assert "<Gather" not in voicemail
     said = fake_twilio.spoken(fake_twilio.created_calls()[0].sid)
     assert said[-1] == "Please check your alerts."
-    assert await alert_status(db_conn, "vm") == "unacknowledged"
+    await _status(db_conn, "vm", "unacknowledged")
 
 
 async def test_with_detection_off_nothing_is_asked_and_any_pickup_is_an_answer(
