@@ -570,6 +570,7 @@ class FakeTwilio:
         self._knobs: dict[str, object] = {}
         self._outcomes: dict[str, tuple[str, str | None]] = {}
         self._failures: dict[str, _ApiError] = {}
+        self._reported: dict[str, str] = {}
         self._requests: list[RecordedRequest] = []
         self._calls: dict[str, _CallRecord] = {}
         self._callback_overrides: dict[str, dict[str, object]] = {}
@@ -774,6 +775,16 @@ class FakeTwilio:
         with self._lock:
             self._failures[phone] = _ApiError(http_status, code, message)
 
+    def report_status(self, phone: str, status: str | None) -> None:
+        """Make the REST resource of calls to ``phone`` (create answer, fetch, list,
+        update) say ``status`` whatever the call is doing, e.g. a word Twilio does not
+        document; None goes back to the call's real status. Callbacks are unchanged."""
+        with self._lock:
+            if status is None:
+                self._reported.pop(phone, None)
+            else:
+                self._reported[phone] = status
+
     def reset(self) -> None:
         """Forget calls, records and knob changes, and rewind the error RNG so
         the next test sees the same injected-failure sequence as a fresh fake.
@@ -782,6 +793,7 @@ class FakeTwilio:
             self._knobs.clear()
             self._outcomes.clear()
             self._failures.clear()
+            self._reported.clear()
             self._requests.clear()
             self._calls.clear()
             self._callback_overrides.clear()
@@ -1392,7 +1404,7 @@ class FakeTwilio:
             "queue_time": "0",
             "sid": record.sid,
             "start_time": _rfc2822(record.wall(moment.start)),
-            "status": moment.status,
+            "status": self._reported.get(record.to, moment.status),
             "stir_verstat": None,
             "subresource_uris": sub,
             "to": record.to,

@@ -52,6 +52,18 @@ MACHINE_ANSWERS = frozenset({
 })
 #: At the provider and not answered yet: a resolve cancels these there.
 UNANSWERED_CALL_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING})
+#: Twilio words that are not statuses of its Call resource, in ours: ``initiated`` (dialing
+#: has started; status callbacks say it) and ``answered`` (the callback event's name).
+PROVIDER_STATUS_ALIASES = {"initiated": CallStatus.QUEUED, "answered": CallStatus.IN_PROGRESS}
+
+
+def provider_status(reported: str) -> CallStatus | None:
+    """A status as the provider reported it, in our vocabulary; None for a word we do not
+    know (``pending`` and ``dialing`` are ours, never the provider's)."""
+    if reported in PROVIDER_STATUS_ALIASES:
+        return PROVIDER_STATUS_ALIASES[reported]
+    known = {s.value: s for s in CallStatus if s not in (CallStatus.PENDING, CallStatus.DIALING)}
+    return known.get(reported)
 
 
 class StatusSource(StrEnum):

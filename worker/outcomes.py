@@ -22,6 +22,7 @@ from worker.jobs import run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
+    LIVE_PROVIDER_STATUSES,
     MACHINE_ANSWERS,
     TERMINAL_CALL_STATUSES,
     UNANSWERED_CALL_STATUSES,
@@ -31,6 +32,7 @@ from worker.models import (
     CallStatus,
     CallUpdate,
     StatusSource,
+    provider_status,
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
 from worker.queue import CANCEL_CALL, POLL_CALL, START_ROUND
@@ -89,24 +91,31 @@ async def apply_status(
         await acknowledge_from_provider(s, call)
     learned = bool(observed.answered_by) and await db.record_answered_by(
         s.db, call.id, observed.answered_by or "", observed.sid)
-    # The provider's word, in our vocabulary (an unknown status raises here, before any write).
+    status = provider_status(observed.status)
+    if status is None:
+        # A word we do not know: the provider has the call, and whether it ended is unknown.
+        # It counts as queued (out of 'dialing') and is followed until a status we know, or
+        # poll_call's age bound fails it with this word.
+        log.warning("call.unknown_status", call=call.id, alert=call.alert, sid=observed.sid,
+                    status=observed.status[:40])
+        status = CallStatus.QUEUED
     changed = await db.advance_call(s.db, call.id, CallUpdate(
-        status=CallStatus(observed.status),
+        status=status,
         source=source,
         provider_sid=observed.sid,
         duration_s=observed.duration_s,
         answered_by=observed.answered_by,
     ))
     if changed:
-        metrics.call_ended(observed.status, observed.answered_by)
+        metrics.call_ended(status, observed.answered_by)
         # Answered and ended are worth a line each; queued and ringing only when debugging.
-        log.log(_STATUS_LEVELS.get(CallStatus(observed.status), logging.INFO), "call.status",
+        log.log(_STATUS_LEVELS.get(status, logging.INFO), "call.status",
                 call=call.id, alert=call.alert, alert_id=call.alert_id, sid=observed.sid,
-                status=observed.status, duration_s=observed.duration_s,
+                status=status, duration_s=observed.duration_s,
                 answered_by=observed.answered_by)
     if changed or learned:
         await after_line_change(s, call.id)
-    if learned and observed.status == CallStatus.IN_PROGRESS and (
+    if learned and status == CallStatus.IN_PROGRESS and (
             observed.answered_by in MACHINE_ANSWERS):
         await answer_machine(s, call, observed.sid)
     return changed
@@ -275,21 +284,27 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
         return "poll-failed"
     await apply_status(s, call, observed, StatusSource.POLL)
-    if observed.status in TERMINAL_CALL_STATUSES:
-        return observed.status
+    # An unknown word leaves the call where we last knew it (at least queued).
+    status = provider_status(observed.status) or (
+        call.status if call.status in LIVE_PROVIDER_STATUSES else CallStatus.QUEUED)
+    if status in TERMINAL_CALL_STATUSES:
+        return status
     if call.alert_status in CALLING_STOPPED_ALERT_STATUSES and (
-            observed.status in UNANSWERED_CALL_STATUSES) and (
+            status in UNANSWERED_CALL_STATUSES) and (
             not await db.line_still_wanted(s.db, call.id)):
         # Resolved or acknowledged, and its cancel job was lost: hang it up now.
         await cancel_at_provider(s, call, call.provider_sid, StatusSource.CANCEL)
     limit = (
         s.settings.ring_timeout_s + s.settings.poll_margin_s
-        if observed.status in UNANSWERED_CALL_STATUSES
+        if status in UNANSWERED_CALL_STATUSES
         else s.settings.max_call_duration_s
     )
     if age > timedelta(seconds=limit):
         await cancel_at_provider(s, call, call.provider_sid, StatusSource.POLL)
-        await _end_unknown(s, call, f"no final status from the provider within {limit:.0f}s")
+        said = "" if provider_status(observed.status) else (
+            f"provider status {observed.status[:40]!r}; ")
+        await _end_unknown(
+            s, call, f"{said}no final status from the provider within {limit:.0f}s")
         return "timed-out"
     run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
     return "following"
