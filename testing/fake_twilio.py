@@ -571,6 +571,7 @@ class FakeTwilio:
         self._outcomes: dict[str, tuple[str, str | None]] = {}
         self._failures: dict[str, _ApiError] = {}
         self._reported: dict[str, str] = {}
+        self._next_failures: dict[str, list[_ApiError]] = {}
         self._requests: list[RecordedRequest] = []
         self._calls: dict[str, _CallRecord] = {}
         self._callback_overrides: dict[str, dict[str, object]] = {}
@@ -775,6 +776,13 @@ class FakeTwilio:
         with self._lock:
             self._failures[phone] = _ApiError(http_status, code, message)
 
+    def fail_next_creates(self, phone: str, answers: list[tuple[int, int, str]]) -> None:
+        """Answer the next creates to ``phone`` with these Twilio errors, one each, in
+        order, ``(http_status, code, message)``, creating no call; then create as usual."""
+        with self._lock:
+            self._next_failures.setdefault(phone, []).extend(
+                _ApiError(status, code, message) for status, code, message in answers)
+
     def report_status(self, phone: str, status: str | None) -> None:
         """Make the REST resource of calls to ``phone`` (create answer, fetch, list,
         update) say ``status`` whatever the call is doing, e.g. a word Twilio does not
@@ -794,6 +802,7 @@ class FakeTwilio:
             self._outcomes.clear()
             self._failures.clear()
             self._reported.clear()
+            self._next_failures.clear()
             self._requests.clear()
             self._calls.clear()
             self._callback_overrides.clear()
@@ -1038,6 +1047,9 @@ class FakeTwilio:
         if detection is not None and detection not in _AMD_MODES:
             # Twilio refuses other values; the error code here is a guess.
             return _ApiError(400, 20001, f"MachineDetection must be one of {list(_AMD_MODES)}")
+        scripted = self._next_failures.get(to)
+        if scripted:
+            return scripted.pop(0)
         return self._failures.get(to)
 
     def _new_call(self, form: dict[str, list[str]], now: float) -> _CallRecord:

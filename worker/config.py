@@ -117,7 +117,9 @@ class Settings(BaseSettings):
     ring_timeout_s: int = Field(default=30, ge=5, le=600)
     poll_margin_s: float = Field(default=30.0, ge=0)
     max_call_duration_s: float = Field(default=3600.0, gt=0)
-    max_call_attempts: int = Field(default=8, ge=1)
+    # A guard against a runaway retry loop, never the limit in a provider incident: retries
+    # end at max_call_age_s (with the 60 s backoff cap, ~60 attempts in 30 min).
+    max_call_attempts: int = Field(default=1000, ge=1)
     max_call_age_s: float = Field(default=1800.0, gt=0)
     retry_base_s: float = Field(default=1.0, gt=0)
     retry_cap_s: float = Field(default=60.0, gt=0)

@@ -338,3 +338,56 @@ async def test_call_throttled_on_every_attempt_stops_after_max_attempts_and_is_d
 
     await wait_for(alert_failed, what="the alert failed")
     assert fake_twilio.created_calls() == []
+
+
+# --- a provider incident: retried until the call's age bound, not a small count --------------
+
+INCIDENT = [(503, 20503, "Service Unavailable"), (429, 20429, "Too Many Requests")] * 8
+
+
+async def test_call_failing_more_times_than_the_old_attempt_limit_still_rings_once_recovered(
+    env: dict[str, str], db_conn: asyncpg.Connection, fake_twilio: FakeTwilio, start_worker: Any
+) -> None:
+    phone = "+14155550100"
+    fake_twilio.fail_next_creates(phone, INCIDENT)  # 16 failures in a row: twice the old 8
+    settings = load_settings(env)  # the default attempt guard
+    assert settings.max_call_attempts > len(INCIDENT)
+    await start_worker(settings)
+    await make_group(db_conn, "oncall", [phone])
+    await fire(settings, alert_id="incident")
+
+    async def completed() -> bool:
+        return await all_calls(db_conn, "incident", 1, "completed")
+
+    await wait_for(completed, timeout=60, what="the call completed after the incident")
+    answers = [r.status for r in creates_to(fake_twilio, phone)]
+    assert answers == [503, 429] * 8 + [201]
+    assert len(fake_twilio.created_calls()) == 1
+    assert await call_letters(db_conn) == []
+    (row,) = await calls_of(db_conn, "incident")
+    assert row.attempts == len(INCIDENT) + 1
+
+
+async def test_call_throttled_until_its_age_bound_is_lettered_stale_not_exhausted(
+    env: dict[str, str], db_conn: asyncpg.Connection, fake_twilio: FakeTwilio, start_worker: Any
+) -> None:
+    phone = "+14155550100"
+    fake_twilio.error_rate_429 = 1.0
+    settings = load_settings({**env, "VOICEALERT_MAX_CALL_AGE_S": "4"})
+    await start_worker(settings)
+    await make_group(db_conn, "oncall", [phone])
+    await fire(settings, alert_id="throttled")
+
+    async def lettered() -> bool:
+        return len(await call_letters(db_conn)) == 1
+
+    await wait_for(lettered, timeout=30, what="the call lettered at its age bound")
+    (letter,) = await call_letters(db_conn)
+    (row,) = await calls_of(db_conn, "throttled")
+    assert letter.reason == "stale"
+    assert row.status == "failed"
+    # Retried for the whole age bound (backoff capped at 0.5 s here), well past the old 8.
+    assert row.attempts > 8
+    assert row.ended_at is not None
+    assert (row.ended_at - row.created_at).total_seconds() >= 4
+    assert fake_twilio.created_calls() == []
