@@ -1065,6 +1065,27 @@ async def alert_group_name(db: Executor, alert_pk: int) -> str:
     return str(await db.fetchval("SELECT group_name FROM alerts WHERE id = $1", alert_pk))
 
 
+async def replayed_from_position(db: Executor, alert_pk: int, position: int) -> int | None:
+    """The position of the call that a replay at ``position`` was made from (a replayed
+    call is a new row after the alert's last one, and later rounds copy it at the same
+    position); None when no replay sits at ``position``."""
+    value = await db.fetchval(
+        """
+        SELECT origin.position
+        FROM calls c
+        JOIN call_events e ON e.call = c.id AND e.source = $3
+        JOIN dead_letters d ON e.detail = 'replay of dead letter ' || d.id::text
+        JOIN calls origin ON origin.id = (d.payload->>'call_id')::bigint
+        WHERE c.alert = $1 AND c.position = $2 AND origin.alert = $1
+        ORDER BY e.id LIMIT 1
+        """,
+        alert_pk,
+        position,
+        StatusSource.OPERATOR,
+    )
+    return None if value is None else int(value)
+
+
 async def add_replay_call(
     db: Executor, alert_pk: int, member_name: str, phone: str, source: StatusSource, detail: str
 ) -> int:

@@ -101,10 +101,16 @@ async def _prepare_call_replay(
                             f"{call.alert_status}")
     group_name = await db.alert_group_name(conn, call.alert)
     group = await db.get_group(conn, call.tenant, group_name)
-    member = next((m for m in group.members if m.name == call.member_name), None) if group else None
-    if member is None:
-        raise ReplayRefused(f"letter {letter.id} would fail again: {call.member_name!r} is no "
-                            f"longer a member of group {group_name!r}")
+    # By position (calls are keyed by alert, round, position), the name as a check: a name
+    # may have been given twice, or the group reordered since.
+    position = await _member_position(conn, call.alert, call.position)
+    member = group.members[position] if group and position < len(group.members) else None
+    if member is None or member.name != call.member_name:
+        now = "nobody" if member is None else repr(member.name)
+        raise ReplayRefused(
+            f"letter {letter.id} would ring the wrong person: group {group_name!r} changed, "
+            f"position {position + 1} is now {now}, not {call.member_name!r}; fire the alert "
+            "again instead")
     refused_number = payload.get("code") in NUMBER_ERROR_CODES
     if letter.reason == "provider_rejected" and refused_number and member.phone == call.phone:
         raise ReplayRefused(
@@ -121,3 +127,18 @@ async def _prepare_call_replay(
         return f"call {new_call} queued for {call.member_name}"
 
     return action
+
+
+#: Replays of replays followed back to the member's own position, at most this many.
+_MAX_REPLAY_CHAIN = 100
+
+
+async def _member_position(conn: Connection, alert_pk: int, position: int) -> int:
+    """The member's position in the group for a call at ``position``: a replayed call sits
+    after the alert's last row, so follow it back to the call it replays."""
+    for _ in range(_MAX_REPLAY_CHAIN):
+        origin = await db.replayed_from_position(conn, alert_pk, position)
+        if origin is None or origin == position:
+            return position
+        position = origin
+    return position

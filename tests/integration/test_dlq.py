@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from producers import AlertProducer
+from schema import Member
 from testing.fake_twilio import FakeTwilio
 from tests.helpers import make_group, wait_for
 from worker import db
@@ -166,3 +167,93 @@ async def test_dlq_list_filters_by_source_and_since(
     bad = voicealert(env, "dlq", "list", "--since", "yesterday-ish")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+async def _rejected_letter(conn: asyncpg.Connection) -> DeadLetter:
+    async def lettered() -> bool:
+        return len(await letters(conn)) == 1
+
+    await wait_for(lettered, what="the rejected call lettered")
+    (letter,) = await letters(conn)
+    assert (letter.source, letter.reason) == ("call", "provider_rejected")
+    return letter
+
+
+async def test_replay_finds_the_member_by_position_and_rings_the_corrected_number(
+    settings: Settings, env: dict[str, str], db_conn: asyncpg.Connection,
+    fake_twilio: FakeTwilio, start_worker: Any,
+) -> None:
+    # Stored before names had to be unique (GroupSpec refuses this now): two members "A".
+    first, wrong, fixed = "+14155550101", "+14155550199", "+14155550102"
+    fake_twilio.fail_number(wrong, code=21211)
+    await db.upsert_group(db_conn, "default", "ops", [Member(name="A", phone=first),
+                                                      Member(name="A", phone=wrong)])
+    await start_worker()
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire(alert_id="api-5xx", group="ops", message="API errors")
+    await _rejected_letter(db_conn)
+
+    # The operator fixes the second A's number; replay rings it, not the first A again.
+    await db.upsert_group(db_conn, "default", "ops", [Member(name="A", phone=first),
+                                                      Member(name="A", phone=fixed)])
+    replayed = voicealert(env, "dlq", "replay", "--all")
+    assert replayed.returncode == 0, replayed.stderr
+
+    async def rang() -> bool:
+        return fixed in [c.form["To"][0] for c in fake_twilio.creates()]
+
+    await wait_for(rang, what="the corrected number rung")
+    tos = sorted(c.form["To"][0] for c in fake_twilio.creates())
+    assert tos == sorted([first, wrong, fixed])  # the first A rung once, by the alert only
+
+
+async def test_replay_of_a_replay_follows_back_to_the_members_position(
+    settings: Settings, env: dict[str, str], db_conn: asyncpg.Connection,
+    fake_twilio: FakeTwilio, start_worker: Any,
+) -> None:
+    ok, wrong, still_wrong, fixed = "+14155550101", "+14155550199", "+14155550198", "+14155550102"
+    for phone in (wrong, still_wrong):
+        fake_twilio.fail_number(phone, code=21211)
+    await make_group(db_conn, "ops", [ok, wrong, "+14155550103"])
+    await start_worker()
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire(alert_id="api-5xx", group="ops", message="API errors")
+    await _rejected_letter(db_conn)
+    await make_group(db_conn, "ops", [ok, still_wrong, "+14155550103"])
+    assert voicealert(env, "dlq", "replay", "--all").returncode == 0
+
+    async def two_letters() -> bool:
+        return len(await letters(db_conn)) == 2
+
+    await wait_for(two_letters, what="the replayed call rejected again")
+    await make_group(db_conn, "ops", [ok, fixed, "+14155550103"])
+    again = voicealert(env, "dlq", "replay", "--all")
+    assert again.returncode == 0, again.stderr
+
+    async def rang() -> bool:
+        return fixed in [c.form["To"][0] for c in fake_twilio.creates()]
+
+    await wait_for(rang, what="the number fixed twice rung")
+
+
+async def test_replay_refuses_when_the_members_position_now_holds_someone_else(
+    settings: Settings, env: dict[str, str], db_conn: asyncpg.Connection,
+    fake_twilio: FakeTwilio, start_worker: Any,
+) -> None:
+    wrong = "+14155550199"
+    fake_twilio.fail_number(wrong, code=21211)
+    await make_group(db_conn, "ops", ["+14155550101", wrong])
+    await start_worker()
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire(alert_id="api-5xx", group="ops", message="API errors")
+    letter = await _rejected_letter(db_conn)
+    # member1 removed; someone new now holds position 2.
+    await db.upsert_group(db_conn, "default", "ops", [Member(name="member0", phone="+14155550101"),
+                                                      Member(name="newbie", phone="+14155550102")])
+    refused = voicealert(env, "dlq", "replay", str(letter.id))
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "position 2 is now 'newbie', not 'member1'" in lines[0]
+    assert (await db.get_dead_letter(db_conn, letter.id)).replayed_at is None  # type: ignore[union-attr]
+    assert len(fake_twilio.creates()) == 2
