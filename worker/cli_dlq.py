@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 
@@ -27,7 +28,7 @@ from worker.cli_support import (
 )
 from worker.connections import close_connection, open_redis
 from worker.dead_letters import letter_tenant
-from worker.logs import mask_phone_numbers
+from worker.logs import mask_document, mask_phone_numbers
 from worker.models import DeadLetter
 
 
@@ -84,11 +85,23 @@ async def _letter(conn: asyncpg.Connection, letter_id: int) -> DeadLetter:
 @with_environment(DATABASE)
 @dlq.command("show")
 @click.argument("letter_id", type=int)
+@json_option
 @run_async
-async def dlq_show(letter_id: int) -> None:
-    """One dead letter in full, as JSON."""
+async def dlq_show(letter_id: int, as_json: bool) -> None:
+    """One dead letter in full (phones masked unless --json)."""
     letter = await with_db(lambda conn: _letter(conn, letter_id))
-    print_json(letter.to_json())
+    if as_json:
+        print_json(letter.to_json())
+        return
+    replayed = f"{letter.replayed_at:%Y-%m-%d %H:%M:%S}" if letter.replayed_at else "no"
+    click.echo(f"letter {letter.id}: {letter.source} {letter.reason}, created "
+               f"{letter.created_at:%Y-%m-%d %H:%M:%S} UTC, attempts {letter.attempts}, "
+               f"replayed {replayed}")
+    click.echo(mask_phone_numbers(f"error: {' '.join((letter.error or '-').split())}"))
+    click.echo(f"key: {letter.letter_key}" + (f", call {letter.call}" if letter.call else ""))
+    click.echo("payload (phones masked; --json shows them whole):")
+    click.echo(json.dumps(mask_document(letter.payload), indent=2, sort_keys=True,
+                          default=str, ensure_ascii=False))
 
 
 @with_environment(DATABASE, *REDIS, "VOICEALERT_CALLS_PER_SECOND")

@@ -51,9 +51,26 @@ def _mask_match(match: re.Match[str]) -> str:
     return f"{head}•••{digits[-4:]}"
 
 
+# A number URL-encoded inside a provider's message or a URL (``To=%2B14155550100``,
+# ``%2B1%20415%20555%200100``): the ``+`` is ``%2B``, a space ``%20`` or ``+``.
+_ENCODED_PHONE_RE = re.compile(r"%2[Bb]\d(?:\d|%20|[+().-]){6,30}\d(?!\d)")
+
+
+def _mask_encoded(match: re.Match[str]) -> str:
+    digits = re.sub(r"\D", "", match.group(0).replace("%20", "")[3:])
+    return f"+{digits[:4]}•••{digits[-4:]}"
+
+
 def mask_phone_numbers(text: str) -> str:
-    """``text`` with every phone-number-like run shown as ``+1415•••0100``."""
-    return _PHONE_RE.sub(_mask_match, text)
+    """``text`` with every phone-number-like run (URL-encoded too) shown as
+    ``+1415•••0100``."""
+    return _PHONE_RE.sub(_mask_match, _ENCODED_PHONE_RE.sub(_mask_encoded, text))
+
+
+def mask_document(value: Any) -> Any:
+    """A JSON-like document with the phone numbers of every string masked (a human view
+    of what ``--json`` shows whole)."""
+    return _mask_value(value)
 
 
 def _mask_value(value: Any) -> Any:

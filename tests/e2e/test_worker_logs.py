@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -23,9 +24,16 @@ BAD_PHONE = "+14155550199"
 
 
 def _forms(phone: str) -> list[str]:
-    """Ways a full number could show up in a log line: E.164, national digits, formatted."""
+    """Ways a full number could show up in a log line: E.164, national digits, formatted,
+    URL-encoded (as a provider's error message may quote the request)."""
     national = phone.removeprefix("+1")
-    return [phone, national, f"({national[:3]}) {national[3:6]}-{national[6:]}"]
+    return [phone, national, f"({national[:3]}) {national[3:6]}-{national[6:]}",
+            quote(phone), quote(phone).lower()]
+
+
+#: Twilio's 21211 message quotes the number it refused; this one also as it was URL-encoded.
+REFUSAL = (f"The 'To' number {BAD_PHONE} is not a valid phone number "
+           f"(To={quote(BAD_PHONE)}).")
 
 
 def _masked(phone: str) -> str:
@@ -48,9 +56,7 @@ async def test_worker_logs_of_a_whole_run_contain_no_full_phone_number(
     env: dict[str, str], settings: Settings, db_conn: asyncpg.Connection,
     fake_twilio: FakeTwilio, tmp_path: Path,
 ) -> None:
-    # Twilio's own 21211 message quotes the number it refused.
-    fake_twilio.fail_number(BAD_PHONE,
-                            message=f"The 'To' number {BAD_PHONE} is not a valid phone number.")
+    fake_twilio.fail_number(BAD_PHONE, message=REFUSAL)
     await make_group(db_conn)
     await make_group(db_conn, name="bad", phones=[BAD_PHONE])
     log_path = tmp_path / "worker.log"
@@ -138,3 +144,47 @@ async def test_calls_command_lists_an_alerts_calls_and_filters_by_status(
     assert code == 0
     assert _masked(PHONES[0]) in out
     assert not any(phone in out for phone in PHONES)
+
+
+async def test_human_output_of_every_command_contains_no_full_or_url_encoded_number(
+    env: dict[str, str], settings: Settings, db_conn: asyncpg.Connection,
+    fake_twilio: FakeTwilio, start_worker: Any,
+) -> None:
+    fake_twilio.fail_number(BAD_PHONE, message=REFUSAL)
+    await make_group(db_conn)
+    await make_group(db_conn, name="bad", phones=[BAD_PHONE])
+    await start_worker()
+    await fire(settings, alert_id="db-down", message=f"Call {PHONES[0]} back about the database")
+    await fire(settings, alert_id="bad-number", group="bad")
+
+    async def run_finished() -> bool:
+        ok = [c.status for c in await calls_of(db_conn, "db-down")] == ["completed"] * 3
+        bad = [c.status for c in await calls_of(db_conn, "bad-number")] == ["failed"]
+        return ok and bad
+
+    await wait_for(run_finished, timeout=30, what="the run to finish")
+    code, out, _ = await _run_cli(env, "dlq", "list", "--json")
+    assert code == 0
+    (letter,) = json.loads(out)
+    assert quote(BAD_PHONE) in letter["error"]  # the provider's text really carries it
+    commands = [
+        ["calls"], ["calls", "--status", "failed"], ["calls", "--alert-id", "bad-number"],
+        ["alerts", "list"], ["alerts", "show", "bad-number"], ["alerts", "show", "db-down"],
+        ["dlq", "list"], ["dlq", "show", str(letter["id"])], ["groups", "list"],
+        ["groups", "show", "bad"], ["groups", "show", "oncall"], ["status"],
+        ["groups", "set", "copy", "--member", f"x={BAD_PHONE}"], ["dlq", "replay", "--all"],
+    ]
+    shown = ""
+    for args in commands:
+        code, out, err = await _run_cli(env, *args)
+        assert code in (0, 1), (args, code, err)  # status: 1 when degraded; replay refused
+        shown += out + err
+        for phone in [*PHONES, BAD_PHONE]:
+            for form in _forms(phone):
+                assert form not in out + err, f"{form} in the output of {args}"
+    assert _masked(BAD_PHONE) in shown
+    assert _masked(PHONES[0]) in shown
+    # --json stays whole.
+    code, out, _ = await _run_cli(env, "dlq", "show", str(letter["id"]), "--json")
+    assert code == 0
+    assert json.loads(out)["payload"]["phone"] == BAD_PHONE

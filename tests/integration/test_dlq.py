@@ -53,7 +53,7 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     listed = voicealert(env, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [d["id"] for d in json.loads(listed.stdout)] == [letter.id]
-    shown = voicealert(env, "dlq", "show", str(letter.id))
+    shown = voicealert(env, "dlq", "show", str(letter.id), "--json")
     assert json.loads(shown.stdout)["reason"] == "unknown_group"
 
     # Cause not fixed: replay refuses, says why, and leaves the letter replayable.
