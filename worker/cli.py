@@ -32,7 +32,7 @@ from worker.cli_support import (
 )
 from worker.cli_tokens import tokens_group
 from worker.config import ConfigError, Settings, redact_url
-from worker.logs import configure_logging
+from worker.logs import configure_logging, mask_phone_numbers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]},
@@ -128,8 +128,18 @@ def web() -> None:
 # --- entry point --------------------------------------------------------------------------
 
 
+#: The long-running processes (not commands that answer and exit).
+_PROCESSES = frozenset({"worker", "web"})
+#: An error line quotes what was typed; a 10,000-character argument is cut here.
+_LINE_MAX = 300
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"voicealert: {message}", err=True)
+    line = " ".join(message.split())
+    if len(line) > _LINE_MAX:
+        line = line[:_LINE_MAX] + "…"
+    # Whatever was typed (invalid UTF-8 arrives as surrogates) prints as something.
+    click.echo(f"voicealert: {line.encode('utf-8', 'backslashreplace').decode()}", err=True)
     sys.exit(code)
 
 
@@ -152,4 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
+    except Exception as exc:
+        args = sys.argv[1:] if argv is None else argv
+        if any(arg in _PROCESSES for arg in args[:1]):
+            raise  # a process's crash keeps its traceback (its logs said what it was doing)
+        # The last resort of a command: one line, never a traceback.
+        _fail(f"unexpected error: {type(exc).__name__}: {mask_phone_numbers(str(exc))}", 1)
     sys.exit(0)

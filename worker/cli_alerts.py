@@ -15,6 +15,8 @@ from worker import db
 from worker.cli_support import (
     DATABASE,
     BadInput,
+    checked_identifier,
+    checked_tenant,
     json_option,
     print_json,
     run_async,
@@ -82,6 +84,7 @@ async def alerts_list(status: str | None, since: datetime | None, tenant: str | 
 async def alerts_show(alert_id: str, tenant: str, show_all: bool, as_json: bool) -> None:
     """The timeline of one alert: received, duplicates suppressed, every call's status
     changes with their time and source, errors, acknowledgement, resolve."""
+    alert_id, tenant = checked_identifier(alert_id, "ALERT_ID"), checked_tenant(tenant)
 
     async def load(conn: db.Connection) -> tuple[list[AlertHistory], int]:
         newest = await db.alerts_with_calls(conn, tenant, alert_id, limit=SHOW_MAX)

@@ -9,6 +9,7 @@ import click
 from worker import db
 from worker.cli_support import (
     DATABASE,
+    checked_identifier,
     json_option,
     print_json,
     run_async,
@@ -35,6 +36,8 @@ async def calls(alert_id: str | None, status: str | None, since: datetime | None
                 tenant: str | None, limit: int, as_json: bool) -> None:
     """Who was called, and what happened (phones masked unless --json)."""
     wanted = CallStatus(status) if status else None
+    if alert_id is not None:
+        alert_id = checked_identifier(alert_id, "--alert-id")
     rows = await with_db(lambda conn: db.list_calls(conn, tenant=tenant, alert_id=alert_id,
                                                     status=wanted, limit=limit, since=since))
     if as_json:

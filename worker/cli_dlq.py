@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 import click
@@ -13,11 +13,12 @@ from worker import db
 from worker.cli_support import (
     DATABASE,
     REDIS,
+    ROW_ID,
     BadInput,
+    ago,
     confirm,
     current_settings,
     json_option,
-    parse_age,
     print_json,
     run_async,
     since_option,
@@ -84,7 +85,7 @@ async def _letter(conn: asyncpg.Connection, letter_id: int) -> DeadLetter:
 
 @with_environment(DATABASE)
 @dlq.command("show")
-@click.argument("letter_id", type=int)
+@click.argument("letter_id", type=ROW_ID)
 @json_option
 @run_async
 async def dlq_show(letter_id: int, as_json: bool) -> None:
@@ -106,7 +107,7 @@ async def dlq_show(letter_id: int, as_json: bool) -> None:
 
 @with_environment(DATABASE, *REDIS, "VOICEALERT_CALLS_PER_SECOND")
 @dlq.command("replay")
-@click.argument("letter_id", type=int, required=False)
+@click.argument("letter_id", type=ROW_ID, required=False)
 @click.option("--all", "replay_all", is_flag=True, help="Every letter not replayed yet.")
 @run_async
 async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
@@ -144,7 +145,7 @@ async def dlq_replay(letter_id: int | None, replay_all: bool) -> None:
 
 @with_environment(DATABASE)
 @dlq.command("purge")
-@click.argument("letter_id", type=int, required=False)
+@click.argument("letter_id", type=ROW_ID, required=False)
 @click.option("--all", "purge_all", is_flag=True, help="Every letter (asks first).")
 @click.option("--older-than", default=None, help="An age like 30d: letters older than it.")
 @yes_option
@@ -154,7 +155,7 @@ async def dlq_purge(letter_id: int | None, purge_all: bool, older_than: str | No
     """Delete a letter, all letters, or those older than an age."""
     if sum([letter_id is not None, purge_all, older_than is not None]) != 1:
         raise BadInput("give exactly one of: a letter ID, --all, --older-than AGE")
-    cutoff = datetime.now(UTC) - parse_age(older_than) if older_than else None
+    cutoff = ago(older_than) if older_than else None
     if purge_all:
         count = await with_db(db.count_dead_letters)
         confirm(f"delete all {count} dead letters", yes)

@@ -16,9 +16,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 import click
+import pydantic
 import redis.exceptions
 
-from schema import DEFAULT_TENANT
+from schema import DEFAULT_TENANT, TenantScope, describe_errors
+from schema.event import Identifier
 from worker import db
 from worker.config import ConfigError, Settings, load_settings, redact_url
 from worker.connections import close_connection
@@ -62,13 +64,57 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             url = redact_url(current_settings().redis_url)
             raise Failure(f"cannot reach Redis at {url}: {exc}") from None
-        except (asyncpg.InvalidCatalogNameError, asyncpg.UndefinedTableError):
+        except asyncpg.InvalidCatalogNameError:
+            url = redact_url(current_settings().database_url)
+            raise Failure(f"no such database at {url}: run `voicealert migrate` first") from None
+        except asyncpg.UndefinedTableError:
             raise Failure("the database is not migrated: run `voicealert migrate` first") from None
+        except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError,
+                asyncpg.InsufficientPrivilegeError) as exc:
+            # A refused role, a wrong password, a missing grant: the server's word, without
+            # the password (redact_url; the server never repeats it).
+            url = redact_url(current_settings().database_url)
+            raise Failure(f"Postgres at {url} refused: {_one_line(str(exc))}") from None
         except DATABASE_UNAVAILABLE as exc:
             url = redact_url(current_settings().database_url)
             raise Failure(f"cannot reach Postgres at {url}: {exc}") from None
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+#: The range of a bigint row id (dead letters, calls): anything else is refused before SQL.
+ROW_ID = click.IntRange(1, 2**63 - 1)
+
+_IDENTIFIER: pydantic.TypeAdapter[str] = pydantic.TypeAdapter(Identifier)
+
+
+def checked_tenant(value: str, what: str = "--tenant") -> str:
+    """A tenant as the rules of every stored one (no padding, control characters or
+    invalid UTF-8, at most 200 characters), else BadInput (exit 2) before any SQL."""
+    try:
+        return TenantScope(tenant=value).tenant
+    except pydantic.ValidationError as exc:
+        raise BadInput("; ".join(f"{what}: {reason}" for _, reason in describe_errors(exc))) \
+            from None
+
+
+def checked_identifier(value: str, what: str) -> str:
+    """An id or name as every event's (alert ids, group names), else BadInput (exit 2)."""
+    if value != value.strip():
+        raise BadInput(f"{what}: must not start or end with whitespace")
+    try:
+        return _IDENTIFIER.validate_python(value)
+    except pydantic.ValidationError as exc:
+        raise BadInput("; ".join(f"{what}: {reason}" for _, reason in describe_errors(exc))) \
+            from None
+
+
+def _tenant_filter(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else checked_tenant(value)
 
 
 async def with_db(body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -94,7 +140,8 @@ tenant_option = click.option(
 )
 #: Listing commands (calls, dlq list, alerts list): every tenant unless one is given.
 tenant_filter_option = click.option(
-    "--tenant", default=None, help="Only this tenant (default: every tenant)."
+    "--tenant", default=None, callback=_tenant_filter,
+    help="Only this tenant (default: every tenant).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document.")
 yes_option = click.option("--yes", "-y", is_flag=True,
@@ -158,6 +205,11 @@ def parse_time(value: str) -> datetime:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     except ValueError:
         pass
+    return ago(value)
+
+
+def ago(value: str) -> datetime:
+    """The moment an age (``7d``) ago; an age before year 1 is BadInput (exit 2)."""
     try:
         return datetime.now(UTC) - parse_age(value)
     except OverflowError:

@@ -79,6 +79,8 @@ def _token_line(token: ApiToken) -> str:
 @run_async
 async def tokens_list(tenant: str | None, as_json: bool) -> None:
     """List tokens (never their secret): tenant, name, scope, key id, created, state."""
+    if tenant is not None:
+        tenant = _identifier("--tenant", tenant)
     found = await with_db(lambda conn: db.list_tokens(conn, tenant))
     if as_json:
         print_json([t.to_json() for t in found])
@@ -99,7 +101,8 @@ async def tokens_list(tenant: str | None, as_json: bool) -> None:
 @run_async
 async def tokens_revoke(name: str, tenant: str) -> None:
     """Revoke the live token NAME: every request with it is refused from now on."""
-    revoked = await with_db(lambda conn: db.revoke_token(conn, tenant, name.strip()))
+    tenant, name = _identifier("--tenant", tenant), _identifier("NAME", name)
+    revoked = await with_db(lambda conn: db.revoke_token(conn, tenant, name))
     if revoked is None:
-        raise BadInput(f"no live token {name.strip()!r} in tenant {tenant!r}")
+        raise BadInput(f"no live token {name!r} in tenant {tenant!r}")
     click.echo(f"revoked {revoked.name} (tenant {revoked.tenant}, key id {revoked.key_id})")
