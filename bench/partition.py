@@ -26,9 +26,8 @@ from pathlib import Path
 import redis.asyncio
 
 from bench.common import REPO
-from bench.supervised import Supervisor, repo_label, scratch
+from bench.supervised import Supervisor, repo_label, scratch, seed_group
 from producers import AlertProducer
-from schema import Member
 from scripts.services import ThrowawayPostgres
 from testing.fake_twilio import FakeTwilio
 from testing.stall_proxy import StallProxy
@@ -68,8 +67,7 @@ async def _scenario(repo: Path, server: ThrowawayPostgres, stall_s: float,
     async with scratch(repo, server.url_for("postgres")) as where:
         conn = await db.connect(where.database_url)
         for name, phones in (("storm", STORM), ("chain", CHAIN), ("during", DURING)):
-            await db.upsert_group(conn, "default", name,
-                                  [Member(name=f"m{i}", phone=p) for i, p in enumerate(phones)])
+            await seed_group(conn, name, phones)
         client = redis.asyncio.Redis.from_url(where.redis_url)
         producer = AlertProducer(client, prefix=where.prefix)
         with FakeTwilio() as fake, StallProxy("127.0.0.1", server.port) as proxy:

@@ -22,8 +22,7 @@ from pathlib import Path
 import redis.asyncio
 
 from bench.common import REPO
-from bench.supervised import Supervisor, repo_label, scratch
-from schema import Member
+from bench.supervised import Supervisor, repo_label, scratch, seed_group
 from testing.fake_twilio import FakeTwilio
 from testing.poison import Fields, good_event, malformed_entries
 from worker import db
@@ -67,7 +66,7 @@ async def run(repo: Path, limit_s: float) -> Figures:
     entries, good = flood()
     async with scratch(repo) as where:
         conn = await db.connect(where.database_url)
-        await db.upsert_group(conn, "default", "oncall", [Member(name="m0", phone=PHONE)])
+        await seed_group(conn, "oncall", [PHONE])
         client = redis.asyncio.Redis.from_url(where.redis_url)
         stream = f"{where.prefix}events"
         with FakeTwilio() as fake:

@@ -151,6 +151,16 @@ async def scratch(repo: Path, database_url: str = DATABASE_URL) -> AsyncIterator
             await client.aclose()
 
 
+async def seed_group(conn: asyncpg.Connection, name: str, phones: list[str]) -> None:
+    """A group of ``m0``, ``m1``... in the default tenant, written with the columns every
+    version of the schema has (a baseline checkout may predate rounds), so this checkout's
+    ``db.upsert_group`` is not needed against another checkout's database."""
+    members = [{"name": f"m{i}", "phone": phone} for i, phone in enumerate(phones)]
+    await conn.execute(
+        "INSERT INTO alert_groups (tenant, name, members) VALUES ('default', $1, $2)",
+        name, members)
+
+
 def repo_label(repo: Path) -> str:
     return "this checkout" if repo.resolve() == REPO else str(repo)
 
