@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +20,13 @@ from worker.config import Settings
 from worker.models import DeadLetter, NewDeadLetter
 
 
-def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+async def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI, in a thread: a test's in-process worker keeps running meanwhile (a
+    blocked loop would time out its own Redis reads under load)."""
+    return await asyncio.to_thread(_voicealert, env, *args)
+
+
+def _voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
         env={**os.environ, **env},
@@ -50,14 +57,14 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     letter = (await letters(db_conn))[0]
     assert (letter.source, letter.reason) == ("ingest", "unknown_group")
 
-    listed = voicealert(env, "dlq", "list", "--json")
+    listed = await voicealert(env, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [d["id"] for d in json.loads(listed.stdout)] == [letter.id]
-    shown = voicealert(env, "dlq", "show", str(letter.id), "--json")
+    shown = await voicealert(env, "dlq", "show", str(letter.id), "--json")
     assert json.loads(shown.stdout)["reason"] == "unknown_group"
 
     # Cause not fixed: replay refuses, says why, and leaves the letter replayable.
-    refused = voicealert(env, "dlq", "replay", str(letter.id))
+    refused = await voicealert(env, "dlq", "replay", str(letter.id))
     assert refused.returncode == 1
     assert "group 'storage'" in refused.stderr
     assert "does not exist" in refused.stderr
@@ -66,7 +73,7 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     assert fake_twilio.creates() == []
 
     await make_group(db_conn, "storage", ["+14155550142"])
-    replayed = voicealert(env, "dlq", "replay", str(letter.id))
+    replayed = await voicealert(env, "dlq", "replay", str(letter.id))
     assert replayed.returncode == 0, replayed.stderr
 
     async def rang() -> bool:
@@ -78,7 +85,7 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     status = await db_conn.fetchval("SELECT status FROM alerts WHERE alert_id = 'disk-full'")
     assert status == "answered"
 
-    again = voicealert(env, "dlq", "replay", str(letter.id))
+    again = await voicealert(env, "dlq", "replay", str(letter.id))
     assert again.returncode == 1
     assert "already replayed" in again.stderr
 
@@ -101,13 +108,13 @@ async def test_rejected_number_letter_replays_to_the_corrected_number(
     assert (letter.source, letter.reason) == ("call", "provider_rejected")
     assert len(fake_twilio.creates()) == 1
 
-    refused = voicealert(env, "dlq", "replay", "--all")
+    refused = await voicealert(env, "dlq", "replay", "--all")
     assert refused.returncode == 1
     assert "unchanged" in refused.stderr
     assert "+14155550199" not in refused.stderr  # masked
 
     await make_group(db_conn, "ops", ["+14155550100"])  # member0's number fixed
-    replayed = voicealert(env, "dlq", "replay", "--all")
+    replayed = await voicealert(env, "dlq", "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
     assert "1 replayed, 0 refused" in replayed.stdout
 
@@ -132,16 +139,16 @@ async def test_purge_by_id_all_and_age(
         "UPDATE dead_letters SET created_at = now() - interval '10 days'"
         " WHERE letter_key = 'stream:1-0'"
     )
-    first = voicealert(env, "dlq", "purge", "--older-than", "7d")
+    first = await voicealert(env, "dlq", "purge", "--older-than", "7d")
     assert (first.returncode, first.stdout.strip()) == (0, "purged 1 dead letter")
     remaining = await letters(db_conn)
-    one = voicealert(env, "dlq", "purge", str(remaining[0].id))
+    one = await voicealert(env, "dlq", "purge", str(remaining[0].id))
     assert one.returncode == 0
-    missing = voicealert(env, "dlq", "purge", str(remaining[0].id))
+    missing = await voicealert(env, "dlq", "purge", str(remaining[0].id))
     assert missing.returncode == 2
-    both = voicealert(env, "dlq", "purge", "--all", "--older-than", "1d")
+    both = await voicealert(env, "dlq", "purge", "--all", "--older-than", "1d")
     assert both.returncode == 2
-    rest = voicealert(env, "dlq", "purge", "--all", "--yes")
+    rest = await voicealert(env, "dlq", "purge", "--all", "--yes")
     assert rest.stdout.strip() == "purged 1 dead letter"
     assert await letters(db_conn) == []
 
@@ -160,11 +167,12 @@ async def test_dlq_list_filters_by_source_and_since(
         NewDeadLetter(source="call", reason="exhausted", error="no call placed",
                          payload={"call_id": 1}, letter_key="call:1:3"),
     ])
-    by_source = json.loads(voicealert(env, "dlq", "list", "--source", "call", "--json").stdout)
+    by_source = json.loads(
+        (await voicealert(env, "dlq", "list", "--source", "call", "--json")).stdout)
     assert [d["reason"] for d in by_source] == ["exhausted"]
-    recent = json.loads(voicealert(env, "dlq", "list", "--since", "1h", "--json").stdout)
+    recent = json.loads((await voicealert(env, "dlq", "list", "--since", "1h", "--json")).stdout)
     assert [d["reason"] for d in recent] == ["exhausted"]
-    bad = voicealert(env, "dlq", "list", "--since", "yesterday-ish")
+    bad = await voicealert(env, "dlq", "list", "--since", "yesterday-ish")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
 
@@ -196,7 +204,7 @@ async def test_replay_finds_the_member_by_position_and_rings_the_corrected_numbe
     # The operator fixes the second A's number; replay rings it, not the first A again.
     await db.upsert_group(db_conn, "default", "ops", [Member(name="A", phone=first),
                                                       Member(name="A", phone=fixed)])
-    replayed = voicealert(env, "dlq", "replay", "--all")
+    replayed = await voicealert(env, "dlq", "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
 
     async def rang() -> bool:
@@ -220,14 +228,14 @@ async def test_replay_of_a_replay_follows_back_to_the_members_position(
         await p.fire(alert_id="api-5xx", group="ops", message="API errors")
     await _rejected_letter(db_conn)
     await make_group(db_conn, "ops", [ok, still_wrong, "+14155550103"])
-    assert voicealert(env, "dlq", "replay", "--all").returncode == 0
+    assert (await voicealert(env, "dlq", "replay", "--all")).returncode == 0
 
     async def two_letters() -> bool:
         return len(await letters(db_conn)) == 2
 
     await wait_for(two_letters, what="the replayed call rejected again")
     await make_group(db_conn, "ops", [ok, fixed, "+14155550103"])
-    again = voicealert(env, "dlq", "replay", "--all")
+    again = await voicealert(env, "dlq", "replay", "--all")
     assert again.returncode == 0, again.stderr
 
     async def rang() -> bool:
@@ -250,7 +258,7 @@ async def test_replay_refuses_when_the_members_position_now_holds_someone_else(
     # member1 removed; someone new now holds position 2.
     await db.upsert_group(db_conn, "default", "ops", [Member(name="member0", phone="+14155550101"),
                                                       Member(name="newbie", phone="+14155550102")])
-    refused = voicealert(env, "dlq", "replay", str(letter.id))
+    refused = await voicealert(env, "dlq", "replay", str(letter.id))
     assert refused.returncode == 1
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1, refused.stderr
