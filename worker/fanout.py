@@ -164,11 +164,9 @@ class FanOut:
             if id(a) in suppressed
         ]
         await db.record_duplicates(self.s.db, duplicates)
-        for dup in duplicates:
-            log.info("event.deduplicated", alert_id=dup.alert_id, tenant=dup.tenant,
-                     stream_id=dup.stream_id, duplicate_of=dup.owner_key)
-            metrics.event_deduplicated()
-            result.done.append(dup.stream_id)
+        _log_duplicates(duplicates)
+        metrics.events_deduplicated(len(duplicates))
+        result.done += [dup.stream_id for dup in duplicates]
         return [a for a in accepted if id(a) not in suppressed]
 
     def _new_alert(
@@ -223,3 +221,16 @@ class FanOut:
                  alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
                  stream_id=parsed.entry.stream_id, calls=len(stored.calls), mode=stored.mode)
         return ids
+
+
+def _log_duplicates(duplicates: Sequence[Duplicate]) -> None:
+    """One line per alert a batch's duplicates were suppressed for, not one per duplicate:
+    a storm's lines were most of its cost. Each suppressed entry is on record in
+    ``duplicate_events`` (``alerts show``); the line says how many, and the first and last."""
+    by_owner: dict[tuple[str, str, str], list[Duplicate]] = {}
+    for dup in duplicates:
+        by_owner.setdefault((dup.tenant, dup.alert_id, dup.owner_key), []).append(dup)
+    for (tenant, alert_id, owner_key), dups in by_owner.items():
+        log.info("event.deduplicated", alert_id=alert_id, tenant=tenant,
+                 stream_id=dups[0].stream_id, last_stream_id=dups[-1].stream_id,
+                 count=len(dups), duplicate_of=owner_key)
