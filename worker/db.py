@@ -149,9 +149,11 @@ async def get_group(db: Executor, tenant: str, name: str) -> Group | None:
 
 
 async def get_groups(db: Executor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Group]:
-    """Groups for a batch of (tenant, name) in one query."""
+    """Groups for a batch of (tenant, name) in one query, each read once however many of
+    the keys name it (a storm's batch names one group a thousand times)."""
     if not keys:
         return {}
+    keys = list(dict.fromkeys(keys))
     rows = await db.fetch(
         """
         SELECT g.tenant, g.name, g.members, g.created_at, g.updated_at, g.rounds,
