@@ -21,7 +21,7 @@ import redis.exceptions
 
 from worker import db, metrics
 from worker.dead_letters import ingest_letter
-from worker.entries import Entry, Fields, InvalidEntry, ParsedEvent, parse_event
+from worker.entries import Entry, Fields, ParsedEvent, parse_event, parse_events
 from worker.fanout import FanOut, RangNobody
 from worker.logs import get_logger
 from worker.models import AlertStatus, NewDeadLetter
@@ -302,15 +302,15 @@ class StreamConsumer:
         valid: list[ParsedEvent] = []
         letters = []
         done: list[str] = []  # stream ids safe to acknowledge
-        for entry in entries:
-            try:
-                valid.append(parse_event(entry))
-            except InvalidEntry as exc:
-                letters.append(ingest_letter(entry, reason=exc.reason, error=exc.error))
-                done.append(entry.stream_id)
-                log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
-                            error=exc.error[:500])
-                metrics.event_invalid(exc.reason)
+        for entry, outcome in zip(entries, parse_events(entries), strict=True):
+            if isinstance(outcome, ParsedEvent):
+                valid.append(outcome)
+                continue
+            letters.append(ingest_letter(entry, reason=outcome.reason, error=outcome.error))
+            done.append(entry.stream_id)
+            log.warning("event.invalid", stream_id=entry.stream_id, reason=outcome.reason,
+                        error=outcome.error[:500])
+            metrics.event_invalid(outcome.reason)
         await db.insert_dead_letters(self.s.db, letters)
         metrics.events_ingested(p.event.action for p in valid)
         result = await self.fanout.expand(valid)
