@@ -4,9 +4,9 @@ Owner = the event's identity (``event_key``), so a redelivery or a retried XADD 
 event re-enters its own lock instead of being counted as its own duplicate. Only the owner
 releases it (compare-and-delete), and it is released whenever the event ends with zero
 calls, so a corrected retry within the window is not suppressed. A batch's decisions are
-one script call (one EVALSHA, one round trip, whatever the batch size; redis-py loads a
-script the server lacks): a storm of 1,000 entries for one alert costs one command, not
-1,000, and the script reads each key once.
+one script call (one EVALSHA, one round trip whatever the batch size; redis-py loads a
+script the server lacks) that reads each distinct lock once: a storm of 1,000 entries for
+one alert costs one command with one key, not 1,000.
 """
 
 from __future__ import annotations
@@ -18,25 +18,20 @@ import redis.asyncio
 
 from worker.keys import Keys
 
-# KEYS[i] is request i's lock, ARGV[2i-1] and ARGV[2i] its owner and window. Returns the
-# holder of each lock after its request: the request's own owner means acquired (new, or
-# re-entered without extending it). Atomic, so the batch's requests see each other's locks
-# in order; ``held`` remembers what the script read or set, so each key is read once.
+# KEYS[i] is a lock, ARGV[2i-1] and ARGV[2i] the owner and window of its first request in
+# the batch. Returns each lock's holder after that request: the request's own owner means
+# acquired (new, or re-entered without extending it).
 _ACQUIRE_MANY = """
-local held = {}
-local out = {}
+local holders = {}
 for i, key in ipairs(KEYS) do
-  local owner = ARGV[2 * i - 1]
-  local current = held[key]
-  if current == nil then current = redis.call('GET', key) end
-  if not current then
-    redis.call('SET', key, owner, 'EX', ARGV[2 * i])
-    current = owner
+  local holder = redis.call('GET', key)
+  if not holder then
+    holder = ARGV[2 * i - 1]
+    redis.call('SET', key, holder, 'EX', ARGV[2 * i])
   end
-  held[key] = current
-  out[i] = current
+  holders[i] = holder
 end
-return out
+return holders
 """
 
 _RELEASE = """
@@ -67,18 +62,34 @@ class DedupLock:
         self._release = client.register_script(_RELEASE)
 
     async def acquire_many(self, requests: Sequence[LockRequest]) -> list[LockDecision]:
-        """One decision per request, in order (later requests see earlier ones' locks)."""
+        """One decision per request, in order, as if each had been tried in turn.
+
+        Only a lock's first request can change it (taking it if it is free); every later
+        one finds it held, by that request's owner or by whoever held it before, and is
+        acquired only if it is that holder. So Redis decides each distinct lock once, in
+        one script call, and the rest follows from the holders."""
         if not requests:
             return []
-        keys = [self._keys.dedup_lock(r.tenant, r.alert_id) for r in requests]
-        args: list[str | int] = []
+        first: dict[tuple[str, str], LockRequest] = {}
         for r in requests:
+            first.setdefault((r.tenant, r.alert_id), r)
+        args: list[str | int] = []
+        for r in first.values():
             args += (r.owner, r.window_s)
-        holders = await self._acquire_many(keys=keys, args=args)
+        answer = await self._acquire_many(
+            keys=[self._keys.dedup_lock(tenant, alert_id) for tenant, alert_id in first],
+            args=args,
+        )
+        holders = {lock: _text(raw) for lock, raw in zip(first, answer, strict=True)}
+        shared: dict[tuple[bool, str], LockDecision] = {}  # a storm's thousand are one
         decisions = []
-        for request, raw in zip(requests, holders, strict=True):
-            owner = _text(raw)
-            decisions.append(LockDecision(acquired=owner == request.owner, owner=owner))
+        for r in requests:
+            holder = holders[r.tenant, r.alert_id]
+            outcome = (holder == r.owner, holder)
+            decision = shared.get(outcome)
+            if decision is None:
+                decision = shared[outcome] = LockDecision(*outcome)
+            decisions.append(decision)
         return decisions
 
     async def release(self, tenant: str, alert_id: str, owner: str) -> bool:

@@ -149,25 +149,24 @@ class FanOut:
                 for a in windowed
             ]
         )
-        suppressed = {
-            id(a): d.owner for a, d in zip(windowed, decisions, strict=True) if not d.acquired
-        }
-        duplicates = [
-            Duplicate(
-                tenant=a.parsed.event.tenant,
-                owner_key=suppressed[id(a)],
-                stream_id=a.parsed.entry.stream_id,
-                alert_id=a.parsed.event.alert_id,
-                event_id=a.parsed.event.event_id,
-            )
-            for a in accepted
-            if id(a) in suppressed
-        ]
+        suppressed: set[int] = set()
+        duplicates: list[Duplicate] = []
+        for item, decision in zip(windowed, decisions, strict=True):
+            if not decision.acquired:
+                suppressed.add(id(item))
+                event = item.parsed.event
+                duplicates.append(Duplicate(
+                    tenant=event.tenant,
+                    owner_key=decision.owner,
+                    stream_id=item.parsed.entry.stream_id,
+                    alert_id=event.alert_id,
+                    event_id=event.event_id,
+                ))
         await db.record_duplicates(self.s.db, duplicates)
         _log_duplicates(duplicates)
         metrics.events_deduplicated(len(duplicates))
         result.done += [dup.stream_id for dup in duplicates]
-        return [a for a in accepted if id(a) not in suppressed]
+        return [a for a in accepted if id(a) not in suppressed] if suppressed else list(accepted)
 
     def _new_alert(
         self, parsed: ParsedEvent, status: AlertStatus, group: Group | None = None

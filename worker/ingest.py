@@ -126,7 +126,7 @@ class StreamConsumer:
             block=None if self._backlog else self.settings.ingest_block_ms,
         )
         entries = [
-            Entry(_text(sid), dict(fields))
+            Entry(_text(sid), fields)  # redis-py built the dict; it is ours
             for _stream, items in response or []
             for sid, fields in items
             if fields is not None  # a pending entry trimmed from the stream
