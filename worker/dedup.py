@@ -62,35 +62,33 @@ class DedupLock:
         self._release = client.register_script(_RELEASE)
 
     async def acquire_many(self, requests: Sequence[LockRequest]) -> list[LockDecision]:
-        """One decision per request, in order, as if each had been tried in turn.
-
-        Only a lock's first request can change it (taking it if it is free); every later
-        one finds it held, by that request's owner or by whoever held it before, and is
-        acquired only if it is that holder. So Redis decides each distinct lock once, in
-        one script call, and the rest follows from the holders."""
+        """One decision per request, in order, as if each had been tried in turn."""
         if not requests:
             return []
         first: dict[tuple[str, str], LockRequest] = {}
         for r in requests:
             first.setdefault((r.tenant, r.alert_id), r)
+        holders = await self.holders(list(first.values()))
+        return [LockDecision(holders[r.tenant, r.alert_id] == r.owner,
+                             holders[r.tenant, r.alert_id]) for r in requests]
+
+    async def holders(self, firsts: Sequence[LockRequest]) -> dict[tuple[str, str], str]:
+        """Each lock's holder after trying ``firsts``, one request per distinct lock: the
+        first of a batch's requests for it, which takes it if it is free.
+
+        That request is the only one of the batch that can change the lock; every later
+        request for it finds it held by this holder, and is acquired only if it is that
+        holder (``acquire_many``). So a batch costs one script call reading each distinct
+        lock once, however many entries ask for it."""
+        if not firsts:
+            return {}
         args: list[str | int] = []
-        for r in first.values():
+        for r in firsts:
             args += (r.owner, r.window_s)
         answer = await self._acquire_many(
-            keys=[self._keys.dedup_lock(tenant, alert_id) for tenant, alert_id in first],
-            args=args,
+            keys=[self._keys.dedup_lock(r.tenant, r.alert_id) for r in firsts], args=args
         )
-        holders = {lock: _text(raw) for lock, raw in zip(first, answer, strict=True)}
-        shared: dict[tuple[bool, str], LockDecision] = {}  # a storm's thousand are one
-        decisions = []
-        for r in requests:
-            holder = holders[r.tenant, r.alert_id]
-            outcome = (holder == r.owner, holder)
-            decision = shared.get(outcome)
-            if decision is None:
-                decision = shared[outcome] = LockDecision(*outcome)
-            decisions.append(decision)
-        return decisions
+        return {(r.tenant, r.alert_id): _text(raw) for r, raw in zip(firsts, answer, strict=True)}
 
     async def release(self, tenant: str, alert_id: str, owner: str) -> bool:
         released = await self._release(keys=[self._keys.dedup_lock(tenant, alert_id)],
