@@ -29,9 +29,11 @@ from functools import wraps
 from typing import Any, cast
 
 from arq import Retry, Worker
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, log_redis_info
 from arq.typing import WorkerCoroutine
+from arq.utils import timestamp_ms
 from arq.worker import func
+from arq.worker import logger as arq_logger
 
 from worker import db, metrics
 from worker.calls import place_call
@@ -41,7 +43,7 @@ from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
 from worker.jobs import IN_PROGRESS_MARGIN_S, JobFunction, after_job_end, call_job
-from worker.keys import Keys
+from worker.keys import Keys, wake_channel
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
@@ -64,6 +66,7 @@ from worker.services import Services
 from worker.simulated import SimulatedProvider
 from worker.sweeper import Sweeper
 from worker.twilio_provider import TwilioProvider
+from worker.wakeup import JobWakeup
 
 log = get_logger(__name__)
 
@@ -159,6 +162,33 @@ class _DrainableWorker(Worker):
     """
 
     heartbeat: Callable[[], Awaitable[None]] | None = None
+    wakeup: JobWakeup | None = None
+
+    async def main(self) -> None:
+        """arq's ``Worker.main`` (our pool given, never burst mode), its fixed-step poll
+        replaced by ``JobWakeup.wait``: the poll delay is still the longest sleep between two
+        looks at the queue, but an enqueued job or a deferred job's start time cuts it short."""
+        arq_logger.info("Starting worker for %d functions: %s", len(self.functions),
+                        ", ".join(self.functions))
+        await log_redis_info(self.pool, arq_logger.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wakeup = self.wakeup or JobWakeup(self.pool, wake_channel(self.queue_name))
+        loop = asyncio.get_running_loop()
+        async with wakeup.listening():
+            while True:
+                deadline = loop.time() + self.poll_delay_s
+                wakeup.looking()
+                await self._poll_iteration()
+                wakeup.note_due(await self._next_due_ms())
+                await wakeup.wait(deadline)
+
+    async def _next_due_ms(self) -> float | None:
+        """When the earliest job deferred to the future is due (epoch ms), if any."""
+        found = await self.pool.zrangebyscore(self.queue_name, f"({timestamp_ms()}", "+inf",
+                                              start=0, num=1, withscores=True)
+        return float(found[0][1]) if found else None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:

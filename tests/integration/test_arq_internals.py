@@ -11,6 +11,9 @@
   ``Worker.tasks`` (which jobs run now) and passes ``on_job_start`` (the log scope of a job);
   ``worker/logs.py`` rewrites arq's log lines by their format strings
   (tests/unit/test_quiet_logs.py pins those).
+- ``worker/app.py`` overrides ``Worker.main`` (arq's start-up steps, then its poll loop with
+  the sleep cut short by ``worker/wakeup.py``) and reads ``queue_name``, ``poll_delay_s`` and
+  the queue's scores (arq's ``timestamp_ms`` clock) to wake when a deferred job comes due.
 - ``worker/jobs.py`` passes ``after_job_end``: it must run after the run is recorded (the job
   key deleted) and see the ctx dict the job itself ran with.
 
@@ -105,6 +108,28 @@ def test_the_health_hooks_we_override_are_called_where_we_expect() -> None:
     assert "on_job_start" in inspect.signature(Worker).parameters
     # A clean stop deletes the health key (status then shows no replica, not a dead one).
     assert "await self.pool.delete(self.health_check_key)" in inspect.getsource(Worker.close)
+def test_worker_main_is_the_start_up_and_poll_loop_our_override_repeats() -> None:
+    source = inspect.getsource(Worker.main)
+    steps = [
+        "logger.info('Starting worker for %d functions: %s'",
+        "await log_redis_info(self.pool, logger.info)",
+        "self.ctx['redis'] = self.pool",
+        "await self.on_startup(self.ctx)",
+        "async for _ in poll(self.poll_delay_s):",
+        "await self._poll_iteration()",
+    ]
+    positions = [source.index(step) for step in steps]
+    assert positions == sorted(positions)
+    # Nothing else happens per poll outside burst mode (which the worker never uses).
+    loop_body = source[source.index("await self._poll_iteration()"):]
+    assert "if self.burst:" in loop_body
+    assert loop_body.count("await ") == 1 + loop_body[loop_body.index("if self.burst:"):].count(
+        "await ")
+    # Jobs start when their score is at most arq's timestamp_ms(): the clock we wake by.
+    assert "score > timestamp_ms()" in inspect.getsource(Worker.start_jobs)
+    assert "max=now" in inspect.getsource(Worker._poll_iteration)
+
+
 def test_after_job_end_runs_after_the_run_is_recorded_with_the_jobs_own_ctx() -> None:
     assert "after_job_end" in inspect.signature(Worker.__init__).parameters
     source = inspect.getsource(Worker.run_job)
