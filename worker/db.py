@@ -437,6 +437,31 @@ async def acknowledge_call(conn: Connection, call_id: int) -> Keypress | None:
     return Keypress(member_name=member, acknowledged=int(acknowledged), to_cancel=to_cancel)
 
 
+# Another call than $2 to the number $1 is being placed or is live, and not stuck for $4 s.
+_LINE_IN_USE = """
+    SELECT count(*) FROM calls
+    WHERE phone = $1 AND id <> $2 AND status = ANY($3::text[])
+      AND coalesce(attempt_started_at, updated_at) > now() - make_interval(secs => $4)
+"""
+
+
+async def line_in_use(db: Executor, call_id: int, phone: str, *, stuck_s: float) -> bool:
+    """Whether another call to ``phone`` is being placed or is live (as ``claim_line``
+    decides it, without taking the number)."""
+    return bool(await db.fetchval(
+        _LINE_IN_USE, phone, call_id, [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES], stuck_s))
+
+
+async def mark_waiting(db: Executor, call_ids: Sequence[int]) -> None:
+    """These pending calls are due (their jobs are queued): calls that take their number
+    first may speak for them (``claim_line`` merges waiting calls)."""
+    await db.execute(
+        """UPDATE calls SET waiting_since = coalesce(waiting_since, now())
+           WHERE id = ANY($1::bigint[]) AND status = $2 AND merged_into IS NULL""",
+        list(call_ids), CallStatus.PENDING,
+    )
+
+
 async def claim_line(
     conn: Connection,
     call_id: int,
@@ -478,11 +503,7 @@ async def claim_line(
         if mine is None:
             return LineClaim(kind="gone")  # merged into another call, or no longer pending
         busy = await conn.fetchval(
-            """
-            SELECT count(*) FROM calls
-            WHERE phone = $1 AND id <> $2 AND status = ANY($3::text[])
-              AND coalesce(attempt_started_at, updated_at) > now() - make_interval(secs => $4)
-            """,
+            _LINE_IN_USE,
             call["phone"],
             call_id,
             [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES],

@@ -103,3 +103,33 @@ async def test_a_job_due_now_ends_the_wait_at_once(arq_redis: ArqRedis, prefix: 
     await wakeup.wait(started + 5)
     assert 0.25 < loop.time() - started < 2
 
+
+
+async def test_a_call_that_waited_for_its_number_dials_at_a_fresh_rate_slot(
+    env: dict[str, str], db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
+    start_worker: Any,
+) -> None:
+    # One call per second. Alert "first" rings one person; "second" rings the same person,
+    # so its call waits for the number (one ring at a time) and is re-checked every 2 s,
+    # off the rate's slots; "crowd" fills the slots meanwhile with 6 other people.
+    fake_twilio.talk_s = 1.0
+    person, crowd = "+14155550190", [f"+141555502{i:02d}" for i in range(6)]
+    await make_group(db_conn, "one", [person])
+    await make_group(db_conn, "crowd", crowd)
+    await start_worker(load_settings(env | {"VOICEALERT_CALLS_PER_SECOND": "1"}))
+    settings = load_settings(env)
+    for alert_id, group in (("first", "one"), ("second", "one"), ("crowd", "crowd")):
+        await fire(settings, alert_id=alert_id, group=group)
+
+    async def all_dialed() -> bool:
+        return len(fake_twilio.creates()) == 8
+
+    await wait_for(all_dialed, 20, "eight calls to be dialed")
+    creates = sorted(fake_twilio.creates(), key=lambda c: c.at)
+    to_person = [c.at for c in creates if c.form["To"][0] == person]
+    assert len(to_person) == 2
+    assert to_person[1] - to_person[0] > 1.2  # the second waited for the first to end
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(creates)]
+    # A second apart, the call that waited included (without a slot of its own, it lands on
+    # one of the crowd's); the margin is for a loaded machine.
+    assert min(gaps) > 0.6, gaps
