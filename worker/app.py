@@ -180,8 +180,11 @@ class _DrainableWorker(Worker):
             while True:
                 deadline = loop.time() + self.poll_delay_s
                 wakeup.looking()
+                # Jobs that ran may have deferred themselves (Retry) without announcing it.
+                ran = bool(self.tasks)
                 await self._poll_iteration()
-                wakeup.note_due(await self._next_due_ms())
+                if wakeup.stale or ran or self.tasks:
+                    wakeup.note_due(await self._next_due_ms())
                 await wakeup.wait(deadline)
 
     async def _next_due_ms(self) -> float | None:

@@ -8,8 +8,9 @@ returns at the poll deadline as before, or sooner:
 - when a job is enqueued that is due now: every enqueue (``worker.queue.enqueue_many``)
   publishes the earliest start time of the jobs it added on ``Keys.queue_wake``, and each
   replica listens there;
-- at the start time of the next deferred job, which the loop reads after each look at the
-  queue (``note_due``) or learns from such an announcement.
+- at the start time of the next deferred job, which the loop reads after a look at the
+  queue (``note_due``) when it may have changed (jobs ran, something was announced, the
+  last one known came due), or learns from such an announcement.
 
 The poll stays the fallback: a wake lost (the listener reconnecting, Redis away) costs only
 the latency it would have saved. Idle, the listener blocks on its socket and the loop still
@@ -46,10 +47,14 @@ class JobWakeup:
         self._ready = False  # a job due now was announced since the loop last looked
         self._due_ms = math.inf  # the earliest start time known to be ahead
         self._changed = asyncio.Event()
+        # Whether the queue's earliest deferred job may differ from what the loop last read:
+        # idle (nothing announced, nothing running), the loop need not read it again.
+        self.stale = True
         self.wakes = 0  # announcements received, for tests and logs
 
     def announce(self, due_ms: float) -> None:
         """A job starts at ``due_ms`` (epoch ms): look at the queue then, or now if it is due."""
+        self.stale = True
         if due_ms <= time.time() * 1000:
             self._ready = True
         elif due_ms < self._due_ms:
@@ -60,6 +65,7 @@ class JobWakeup:
 
     def note_due(self, due_ms: float | None) -> None:
         """The earliest deferred job in the queue, read after a look at it (None: none)."""
+        self.stale = False
         if due_ms is not None:
             self.announce(due_ms)
 
@@ -74,6 +80,7 @@ class JobWakeup:
             now_ms = time.time() * 1000
             if self._due_ms <= now_ms:
                 self._due_ms = math.inf
+                self.stale = True  # what comes after it is not known
                 return
             timeout = min(deadline - loop.time(), (self._due_ms - now_ms) / 1000)
             if timeout <= 0:
