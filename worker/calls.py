@@ -113,13 +113,11 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
             return "waiting"
         if claim.attempt is None:
             return "merged"
-        attempt = claim.attempt
-    else:
-        retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
-        if retried is None:
-            return "not-dialable"
-        attempt = retried
-    return await _dial(s, call, attempt)
+        return await _dial(s, call, claim.attempt, claim.messages)
+    retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
+    if retried is None:
+        return "not-dialable"
+    return await _dial(s, call, retried, await db.line_messages(s.db, call.id))
 
 
 async def _take_slot(ctx: dict[str, Any], s: Services, call: CallJob, *,
@@ -184,10 +182,11 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
     return None
 
 
-async def _dial(s: Services, call: CallJob, attempt: int) -> str:
-    """POST the call (the attempt is recorded already); it speaks every alert merged in."""
+async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str]) -> str:
+    """POST the call (the attempt is recorded already); it speaks ``messages``, its own
+    alert's and those of every call merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
-    messages = await db.line_messages(s.db, call.id) or [call.message]
+    messages = messages or [call.message]
     metrics.dialing(call, attempt)
     bound.info("call.dialing", to=call.phone, attempt=attempt, alerts=len(messages))
     started = time.monotonic()
