@@ -183,14 +183,16 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
     if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
     keypress = s.settings.keypress_acknowledgement
+    # Answered already (read with the progress): setting it again would change nothing.
+    answered = progress.status == AlertStatus.ANSWERED
     if progress.answered and not keypress:
         if progress.mode == "sequential":
             metrics.calls_canceled(await db.cancel_pending_calls(
                 s.db, alert_pk, "answered by an earlier member", StatusSource.WORKER))
-        if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
+        if not answered and await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
-    if keypress and progress.on_the_line and await db.set_alert_status(
+    if keypress and progress.on_the_line and not answered and await db.set_alert_status(
             s.db, alert_pk, AlertStatus.ANSWERED):
         log.info("alert.answered", alert=alert_pk)
     if progress.mode == "sequential" and progress.next_pending is not None:
