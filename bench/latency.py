@@ -54,7 +54,10 @@ _PROBE = re.compile(r"latency probe (\d+)-(\d+)")
 
 @dataclass(frozen=True)
 class Sent:
-    monotonic: float  # when XADD returned, on the clock the fake Twilio records with
+    # When XADD was sent, on the clock the fake Twilio records with. Not when it returned: a
+    # consumer blocked on the stream may read and POST before the producer sees the reply
+    # (the raw baseline then measured below zero on a loaded machine).
+    monotonic: float
     wall: float  # the same moment on the clock of the worker's log
 
 
@@ -81,7 +84,7 @@ def _alert_id(rate: int, i: int) -> str:
 
 
 async def _fire_paced(place: Place, prefix: str, rate: int, count: int) -> list[Sent]:
-    """XADD ``count`` events ``1/rate`` s apart; returns when each XADD returned."""
+    """XADD ``count`` events ``1/rate`` s apart; returns when each XADD was sent."""
     sent = []
     async with AlertProducer.from_url(place.redis_url, prefix=prefix) as producer:
         start = time.monotonic()
@@ -89,9 +92,10 @@ async def _fire_paced(place: Place, prefix: str, rate: int, count: int) -> list[
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            sending = Sent(time.monotonic(), time.time())
             await producer.fire(alert_id=_alert_id(rate, i), group=_group(rate, i),
                                 message=f"latency probe {rate}-{i}", dedup_window_s=0)
-            sent.append(Sent(time.monotonic(), time.time()))
+            sent.append(sending)
     return sent
 
 
