@@ -54,9 +54,9 @@ _PROBE = re.compile(r"latency probe (\d+)-(\d+)")
 
 @dataclass(frozen=True)
 class Sent:
-    # When XADD was sent, on the clock the fake Twilio records with. Not when it returned: a
-    # consumer blocked on the stream may read and POST before the producer sees the reply
-    # (the raw baseline then measured below zero on a loaded machine).
+    # When the XADD was sent, on the clock the fake Twilio records with. Sent, not returned:
+    # a fast consumer can POST before the producer has read XADD's reply, and a latency
+    # measured from the reply came out negative for the raw baseline.
     monotonic: float
     wall: float  # the same moment on the clock of the worker's log
 
@@ -92,10 +92,10 @@ async def _fire_paced(place: Place, prefix: str, rate: int, count: int) -> list[
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            sending = Sent(time.monotonic(), time.time())
+            sent_at = Sent(time.monotonic(), time.time())
             await producer.fire(alert_id=_alert_id(rate, i), group=_group(rate, i),
                                 message=f"latency probe {rate}-{i}", dedup_window_s=0)
-            sent.append(sending)
+            sent.append(sent_at)
     return sent
 
 

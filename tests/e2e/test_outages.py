@@ -111,6 +111,13 @@ async def test_postgres_down_for_ten_seconds_loses_no_event(
                 f"{sorted(set(fired) - have)}\n{worker.log_tail(15)}"
             ) from None
         caught_up_s = time.monotonic() - up_at
+
+        async def every_alert_settled() -> bool:  # an alert's status follows its last call's
+            open_alerts = await conn.fetchval(
+                "SELECT count(*) FROM alerts WHERE status <> 'answered'")
+            return int(open_alerts) == 0
+
+        await wait_for(every_alert_settled, 15, "every alert answered")
         alerts = await conn.fetch("SELECT alert_id, status FROM alerts")
         rows = await db.list_calls(conn)
         letters = await conn.fetch("SELECT source, reason, error FROM dead_letters")

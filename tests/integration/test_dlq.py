@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,8 +19,11 @@ from worker.config import Settings
 from worker.models import DeadLetter, NewDeadLetter
 
 
-def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+async def voicealert(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    # In a thread: the in-process worker shares this event loop, and a command that takes
+    # seconds on a loaded machine would otherwise freeze it past its Redis read timeout.
+    return await asyncio.to_thread(
+        subprocess.run,
         [sys.executable, "-m", "worker", *args],
         env={**os.environ, **env},
         capture_output=True,
@@ -49,14 +53,14 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     letter = (await letters(db_conn))[0]
     assert (letter.source, letter.reason) == ("ingest", "unknown_group")
 
-    listed = voicealert(env, "dlq", "list", "--json")
+    listed = await voicealert(env, "dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [d["id"] for d in json.loads(listed.stdout)] == [letter.id]
-    shown = voicealert(env, "dlq", "show", str(letter.id))
+    shown = await voicealert(env, "dlq", "show", str(letter.id))
     assert json.loads(shown.stdout)["reason"] == "unknown_group"
 
     # Cause not fixed: replay refuses, says why, and leaves the letter replayable.
-    refused = voicealert(env, "dlq", "replay", str(letter.id))
+    refused = await voicealert(env, "dlq", "replay", str(letter.id))
     assert refused.returncode == 1
     assert "group 'storage'" in refused.stderr
     assert "does not exist" in refused.stderr
@@ -65,19 +69,24 @@ async def test_unknown_group_letter_replays_once_the_group_exists(
     assert fake_twilio.creates() == []
 
     await make_group(db_conn, "storage", ["+14155550142"])
-    replayed = voicealert(env, "dlq", "replay", str(letter.id))
+    replayed = await voicealert(env, "dlq", "replay", str(letter.id))
     assert replayed.returncode == 0, replayed.stderr
 
     async def rang() -> bool:
         rows = await db.list_calls(db_conn, alert_id="disk-full")
         return len(rows) == 1 and rows[0].status == "completed"
 
-    await wait_for(rang)
+    await wait_for(rang, 45, "the replayed call completed")  # a whole call, on a loaded machine
     assert [c.form["To"][0] for c in fake_twilio.creates()] == ["+14155550142"]
-    status = await db_conn.fetchval("SELECT status FROM alerts WHERE alert_id = 'disk-full'")
-    assert status == "answered"
 
-    again = voicealert(env, "dlq", "replay", str(letter.id))
+    # The alert's status follows its call's in the same job, a moment after the call row.
+    async def answered() -> bool:
+        status = await db_conn.fetchval("SELECT status FROM alerts WHERE alert_id = 'disk-full'")
+        return bool(status == "answered")
+
+    await wait_for(answered, what="the alert answered")
+
+    again = await voicealert(env, "dlq", "replay", str(letter.id))
     assert again.returncode == 1
     assert "already replayed" in again.stderr
 
@@ -100,13 +109,13 @@ async def test_rejected_number_letter_replays_to_the_corrected_number(
     assert (letter.source, letter.reason) == ("call", "provider_rejected")
     assert len(fake_twilio.creates()) == 1
 
-    refused = voicealert(env, "dlq", "replay", "--all")
+    refused = await voicealert(env, "dlq", "replay", "--all")
     assert refused.returncode == 1
     assert "unchanged" in refused.stderr
     assert "+14155550199" not in refused.stderr  # masked
 
     await make_group(db_conn, "ops", ["+14155550100"])  # member0's number fixed
-    replayed = voicealert(env, "dlq", "replay", "--all")
+    replayed = await voicealert(env, "dlq", "replay", "--all")
     assert replayed.returncode == 0, replayed.stderr
     assert "1 replayed, 0 refused" in replayed.stdout
 
@@ -114,7 +123,7 @@ async def test_rejected_number_letter_replays_to_the_corrected_number(
         rows = await db.list_calls(db_conn, alert_id="api-5xx")
         return [r.status for r in rows] == ["failed", "completed"]
 
-    await wait_for(rang)
+    await wait_for(rang, 45, "the replayed call completed")  # a whole call, on a loaded machine
     assert [c.form["To"][0] for c in fake_twilio.creates()] == ["+14155550199", "+14155550100"]
 
 
@@ -131,16 +140,16 @@ async def test_purge_by_id_all_and_age(
         "UPDATE dead_letters SET created_at = now() - interval '10 days'"
         " WHERE letter_key = 'stream:1-0'"
     )
-    first = voicealert(env, "dlq", "purge", "--older-than", "7d")
+    first = await voicealert(env, "dlq", "purge", "--older-than", "7d")
     assert (first.returncode, first.stdout.strip()) == (0, "purged 1 dead letter")
     remaining = await letters(db_conn)
-    one = voicealert(env, "dlq", "purge", str(remaining[0].id))
+    one = await voicealert(env, "dlq", "purge", str(remaining[0].id))
     assert one.returncode == 0
-    missing = voicealert(env, "dlq", "purge", str(remaining[0].id))
+    missing = await voicealert(env, "dlq", "purge", str(remaining[0].id))
     assert missing.returncode == 2
-    both = voicealert(env, "dlq", "purge", "--all", "--older-than", "1d")
+    both = await voicealert(env, "dlq", "purge", "--all", "--older-than", "1d")
     assert both.returncode == 2
-    rest = voicealert(env, "dlq", "purge", "--all", "--yes")
+    rest = await voicealert(env, "dlq", "purge", "--all", "--yes")
     assert rest.stdout.strip() == "purged 1 dead letter"
     assert await letters(db_conn) == []
 
@@ -159,10 +168,11 @@ async def test_dlq_list_filters_by_source_and_since(
         NewDeadLetter(source="call", reason="exhausted", error="no call placed",
                          payload={"call_id": 1}, letter_key="call:1:3"),
     ])
-    by_source = json.loads(voicealert(env, "dlq", "list", "--source", "call", "--json").stdout)
+    listed = await voicealert(env, "dlq", "list", "--source", "call", "--json")
+    by_source = json.loads(listed.stdout)
     assert [d["reason"] for d in by_source] == ["exhausted"]
-    recent = json.loads(voicealert(env, "dlq", "list", "--since", "1h", "--json").stdout)
+    recent = json.loads((await voicealert(env, "dlq", "list", "--since", "1h", "--json")).stdout)
     assert [d["reason"] for d in recent] == ["exhausted"]
-    bad = voicealert(env, "dlq", "list", "--since", "yesterday-ish")
+    bad = await voicealert(env, "dlq", "list", "--since", "yesterday-ish")
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
