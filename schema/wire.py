@@ -37,6 +37,12 @@ class WireError(Exception):
 def json_depth_exceeds(raw: bytes, limit: int) -> bool:
     """Whether ``raw`` nests arrays/objects more than ``limit`` deep (brackets inside strings
     do not count). Linear, and it stops at the first level too deep."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # no deeper than its opening brackets, strings' included: the usual case
+    return _scan_depth_exceeds(raw, limit)
+
+
+def _scan_depth_exceeds(raw: bytes, limit: int) -> bool:
     depth = 0
     in_string = False
     skip_until = -1  # the character after a backslash inside a string is escaped

@@ -149,9 +149,11 @@ async def get_group(db: Executor, tenant: str, name: str) -> Group | None:
 
 
 async def get_groups(db: Executor, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Group]:
-    """Groups for a batch of (tenant, name) in one query."""
+    """Groups for a batch of (tenant, name) in one query, each read once however many of
+    the keys name it (a storm's batch names one group a thousand times)."""
     if not keys:
         return {}
+    keys = list(dict.fromkeys(keys))
     rows = await db.fetch(
         """
         SELECT g.tenant, g.name, g.members, g.created_at, g.updated_at, g.rounds,
@@ -280,18 +282,45 @@ async def record_duplicates(db: Executor, duplicates: Sequence[Duplicate]) -> No
         async with db.acquire() as conn:
             await record_duplicates(conn, duplicates)
         return
+    runs = _duplicate_runs(duplicates)
     async with db.transaction():
-        await db.execute(_LOCK_DUPLICATE_OWNERS, [d.tenant for d in duplicates],
-                         [d.owner_key for d in duplicates])
-        await _count_duplicates(db, duplicates)
+        await db.execute(_LOCK_DUPLICATE_OWNERS, [r[0] for r in runs], [r[1] for r in runs])
+        await _count_duplicates(db, runs)
 
 
-async def _count_duplicates(db: Connection, duplicates: Sequence[Duplicate]) -> None:
+# Stream entry ids are "<ms>-<seq>": digits and one dash, never this separator.
+_STREAM_ID_SEPARATOR = ","
+
+
+def _duplicate_runs(
+    duplicates: Sequence[Duplicate],
+) -> list[tuple[str, str, str, str | None, str]]:
+    """The duplicates as (tenant, owner_key, alert_id, event_id, stream ids joined), one per
+    distinct event they repeat: a storm's thousand rows go to Postgres as one run, not as
+    five thousand array elements for asyncpg to encode one by one."""
+    runs: dict[tuple[str, str, str, str | None], list[str]] = {}
+    for d in duplicates:
+        runs.setdefault((d.tenant, d.owner_key, d.alert_id, d.event_id), []).append(d.stream_id)
+    joined = []
+    for key, stream_ids in runs.items():
+        ids = _STREAM_ID_SEPARATOR.join(stream_ids)
+        if ids.count(_STREAM_ID_SEPARATOR) != len(stream_ids) - 1:
+            raise ValueError(f"a stream id contains {_STREAM_ID_SEPARATOR!r}: {stream_ids!r}")
+        joined.append((*key, ids))
+    return joined
+
+
+async def _count_duplicates(
+    db: Connection, runs: Sequence[tuple[str, str, str, str | None, str]]
+) -> None:
     await db.execute(
         """
         WITH inserted AS (
             INSERT INTO duplicate_events (tenant, owner_key, stream_id, alert_id, event_id)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+            SELECT r.tenant, r.owner_key, s.stream_id, r.alert_id, r.event_id
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                   AS r(tenant, owner_key, alert_id, event_id, stream_ids),
+                 unnest(string_to_array(r.stream_ids, $6)) AS s(stream_id)
             ON CONFLICT DO NOTHING
             RETURNING tenant, owner_key
         ), counts AS (
@@ -302,11 +331,12 @@ async def _count_duplicates(db: Connection, duplicates: Sequence[Duplicate]) -> 
         FROM counts
         WHERE a.tenant = counts.tenant AND a.event_key = counts.owner_key
         """,
-        [d.tenant for d in duplicates],
-        [d.owner_key for d in duplicates],
-        [d.stream_id for d in duplicates],
-        [d.alert_id for d in duplicates],
-        [d.event_id for d in duplicates],
+        [r[0] for r in runs],
+        [r[1] for r in runs],
+        [r[2] for r in runs],
+        [r[3] for r in runs],
+        [r[4] for r in runs],
+        _STREAM_ID_SEPARATOR,
     )
 
 

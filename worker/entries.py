@@ -7,6 +7,7 @@ again before putting them back on the stream. Imports nothing of the worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pydantic
@@ -76,3 +77,25 @@ def _field_names(entry: Entry, shown: int = 10, width: int = 40) -> str:
 def parse_event(entry: Entry) -> ParsedEvent:
     """``entry`` with its validated event, or InvalidEntry."""
     return ParsedEvent(entry, parse_entry(entry))
+
+
+def parse_events(entries: Sequence[Entry]) -> list[ParsedEvent | InvalidEntry]:
+    """Each entry's parsed event, or why it is invalid, in order.
+
+    A payload is parsed and validated once per call however many entries carry it (a storm
+    is thousands of identical payloads): the outcome depends on the bytes alone, and the
+    event is immutable, so entries with equal payloads can share it."""
+    outcomes: dict[bytes, AlertEvent | InvalidEntry] = {}
+    parsed: list[ParsedEvent | InvalidEntry] = []
+    for entry in entries:
+        raw = entry.fields.get(b"event")
+        outcome = outcomes.get(raw) if raw is not None else None
+        if outcome is None:
+            try:
+                outcome = parse_entry(entry)
+            except InvalidEntry as exc:
+                outcome = exc
+            if raw is not None:
+                outcomes[raw] = outcome
+        parsed.append(outcome if isinstance(outcome, InvalidEntry) else ParsedEvent(entry, outcome))
+    return parsed

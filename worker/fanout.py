@@ -6,8 +6,9 @@ of those are handled together: one query for their groups, one pipelined round t
 their dedup locks, one rate-limit reservation and one enqueue for all their calls.
 
 What fan-out cannot finish it reports back to the stream consumer (``FanOutResult``): events
-whose processing raised, and events that rang nobody (no such group, no members). The
-consumer owns its entries, so it writes their dead letters and acknowledges them.
+whose processing raised, events that rang nobody (no such group, no members), and the
+triggers its dedup locks suppressed. The consumer owns its entries, so it writes their dead
+letters and duplicate rows, and acknowledges them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from schema import DEFAULT_ROUND_DELAY_S
-from worker import db, metrics
+from worker import db
 from worker.dedup import LockRequest
 from worker.entries import ParsedEvent
 from worker.logs import get_logger
@@ -51,6 +52,9 @@ class FanOutResult:
     done: list[str] = field(default_factory=list)  # stream ids safe to acknowledge
     failed: list[Failed] = field(default_factory=list)
     rang_nobody: list[RangNobody] = field(default_factory=list)
+    # Suppressed triggers: acknowledged once recorded (db.record_duplicates), which the
+    # consumer may overlap with reading its next batch.
+    duplicates: list[Duplicate] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,16 @@ class FanOut:
     async def _triggers(self, events: Sequence[ParsedEvent], result: FanOutResult) -> None:
         if not events:
             return
+        # Entries with one payload share its parsed event (parse_events): a storm's batch
+        # is one event, looked up once.
+        distinct = {id(p.event): p.event for p in events}
         groups = await db.get_groups(
-            self.s.db, [(p.event.tenant, p.event.group or "") for p in events]
+            self.s.db, [(e.tenant, e.group or "") for e in distinct.values()]
         )
-        accepted: list[_Accepted] = []
+        group_of = {key: groups.get((e.tenant, e.group or "")) for key, e in distinct.items()}
+        accepted: list[ParsedEvent] = []
         for parsed in events:
-            group = groups.get((parsed.event.tenant, parsed.event.group or ""))
+            group = group_of[id(parsed.event)]
             if group is None or not group.members:
                 # Never takes the lock: an event that rings nobody must not suppress a retry.
                 status = AlertStatus.UNKNOWN_GROUP if group is None else AlertStatus.EMPTY_GROUP
@@ -117,8 +125,12 @@ class FanOut:
                 result.rang_nobody.append(RangNobody(parsed, status))
                 result.done.append(parsed.entry.stream_id)
             else:
-                accepted.append(_Accepted(parsed, group))
-        to_expand = await self._deduplicate(accepted, result)
+                accepted.append(parsed)
+        to_expand = [
+            _Accepted(parsed, group)
+            for parsed in await self._deduplicate(accepted, result)
+            if (group := group_of[id(parsed.event)]) is not None
+        ]
         call_ids: list[int] = []
         for item in to_expand:
             try:
@@ -140,41 +152,31 @@ class FanOut:
             log.debug("calls.enqueued", calls=len(call_ids), new_jobs=added)
 
     async def _deduplicate(
-        self, accepted: Sequence[_Accepted], result: FanOutResult
-    ) -> list[_Accepted]:
-        windowed = [a for a in accepted if a.parsed.event.dedup_window_s > 0]
-        decisions = await self.s.dedup.acquire_many(
-            [
-                LockRequest(
-                    tenant=a.parsed.event.tenant,
-                    alert_id=a.parsed.event.alert_id,
-                    owner=a.parsed.event_key,
-                    window_s=a.parsed.event.dedup_window_s,
-                )
-                for a in windowed
-            ]
-        )
-        suppressed = {
-            id(a): d.owner for a, d in zip(windowed, decisions, strict=True) if not d.acquired
-        }
-        duplicates = [
-            Duplicate(
-                tenant=a.parsed.event.tenant,
-                owner_key=suppressed[id(a)],
-                stream_id=a.parsed.entry.stream_id,
-                alert_id=a.parsed.event.alert_id,
-                event_id=a.parsed.event.event_id,
-            )
-            for a in accepted
-            if id(a) in suppressed
-        ]
-        await db.record_duplicates(self.s.db, duplicates)
-        for dup in duplicates:
-            log.info("event.deduplicated", alert_id=dup.alert_id, tenant=dup.tenant,
-                     stream_id=dup.stream_id, duplicate_of=dup.owner_key)
-            metrics.event_deduplicated()
-            result.done.append(dup.stream_id)
-        return [a for a in accepted if id(a) not in suppressed]
+        self, accepted: Sequence[ParsedEvent], result: FanOutResult
+    ) -> list[ParsedEvent]:
+        """The accepted triggers that hold their dedup lock; the others go to
+        ``result.duplicates``. Decided as if one at a time, in stream order: the first
+        request for a lock may take it, every later one is acquired only if it is the
+        holder (``DedupLock.holders``)."""
+        firsts: dict[tuple[str, str], LockRequest] = {}
+        for parsed in accepted:
+            event = parsed.event
+            if event.dedup_window_s > 0 and (event.tenant, event.alert_id) not in firsts:
+                firsts[event.tenant, event.alert_id] = LockRequest(
+                    event.tenant, event.alert_id, parsed.event_key, event.dedup_window_s)
+        holders = await self.s.dedup.holders(list(firsts.values()))
+        kept: list[ParsedEvent] = []
+        for parsed in accepted:
+            event = parsed.event
+            windowed = event.dedup_window_s > 0
+            holder = holders[event.tenant, event.alert_id] if windowed else None
+            if holder is None or holder == parsed.event_key:
+                kept.append(parsed)
+            else:
+                result.duplicates.append(Duplicate(
+                    event.tenant, holder, parsed.entry.stream_id, event.alert_id, event.event_id
+                ))
+        return kept
 
     def _new_alert(
         self, parsed: ParsedEvent, status: AlertStatus, group: Group | None = None
@@ -232,3 +234,4 @@ class FanOut:
                  alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
                  stream_id=parsed.entry.stream_id, calls=len(stored.calls), mode=stored.mode)
         return ids
+

@@ -1,10 +1,12 @@
 """Stream ingest: the consumer-group reader that turns stream entries into alerts and call jobs.
 
 One consumer per replica reads batches with XREADGROUP. A batch is validated, resolved,
-deduplicated (one pipelined round trip) and expanded (``worker.fanout``); its entries are
-acknowledged only after their rows are committed and their call jobs enqueued. Entries a
-dead consumer left pending are reclaimed with XAUTOCLAIM; an entry delivered too many times
-becomes a dead letter instead of looping.
+deduplicated (one round trip) and expanded (``worker.fanout``); its entries are
+acknowledged only after their rows are committed and their call jobs enqueued. The rows of
+a batch's suppressed duplicates (a storm's thousand per batch, Postgres's slowest work in
+it) are written while the next batch is read and expanded, and those entries acknowledged
+when they are. Entries a dead consumer left pending are reclaimed with XAUTOCLAIM; an entry
+delivered too many times becomes a dead letter instead of looping.
 
 Postgres being down is survivable (the batch stays pending and is retried); Redis being down
 is not: the consumer raises, and the process exits non-zero for its supervisor to restart.
@@ -21,14 +23,27 @@ import redis.exceptions
 
 from worker import db, metrics
 from worker.dead_letters import ingest_letter
-from worker.entries import Entry, Fields, InvalidEntry, ParsedEvent, parse_event
+from worker.entries import Entry, Fields, ParsedEvent, parse_event, parse_events
 from worker.fanout import FanOut, RangNobody
 from worker.logs import get_logger
-from worker.models import AlertStatus, NewDeadLetter
+from worker.models import AlertStatus, Duplicate, NewDeadLetter
 from worker.outages import DATABASE_UNAVAILABLE, caused_by_the_data
 from worker.services import Services
 
 log = get_logger(__name__)
+
+
+@dataclass
+class _Recording:
+    """A batch's suppressed triggers whose rows are being written (``task``)."""
+
+    duplicates: list[Duplicate]
+    entries: Sequence[Entry]  # the batch they came from
+    task: asyncio.Task[None]
+
+    def suppressed_entries(self) -> list[Entry]:
+        ids = {d.stream_id for d in self.duplicates}
+        return [e for e in self.entries if e.stream_id in ids]
 
 
 @dataclass
@@ -58,6 +73,7 @@ class StreamConsumer:
         self._backlog = True  # re-read our own pending entries first (after a restart too)
         self._failures = _Failures()
         self._last_reclaim = 0.0
+        self._recording: _Recording | None = None
 
     def stop(self) -> None:
         """Stop reading; a batch being processed finishes first."""
@@ -97,6 +113,10 @@ class StreamConsumer:
                 log.error("ingest.group_recreated", error=str(exc), stream=self.stream)
                 await self.ensure_group()
                 self._backlog = True
+        try:
+            await self._settle()
+        except DATABASE_UNAVAILABLE as exc:  # they stay pending, for a replica to reclaim
+            log.warning("ingest.database_unavailable", error=f"{type(exc).__name__}: {exc}")
         log.info("ingest.stopped", consumer=self.consumer)
 
     async def _sleep(self, seconds: float) -> None:
@@ -111,22 +131,28 @@ class StreamConsumer:
             await self.reclaim()
             await self.trim()
             await self.forget_departed_consumers()
-        entries = await self._read()
+        if self._backlog:
+            await self._settle()  # re-reading our pending entries must not take those
+        # While duplicates are being recorded, only take what is there: with nothing new,
+        # finish them rather than wait for the next entry with them unacknowledged.
+        entries = await self._read(wait=self._recording is None)
         if entries:
-            await self.handle(entries)
+            await self.handle(entries, overlap=True)
+        else:
+            await self._settle()
         return len(entries)
 
-    async def _read(self) -> list[Entry]:
+    async def _read(self, *, wait: bool = True) -> list[Entry]:
         start = "0" if self._backlog else ">"
         response = await self.s.redis.xreadgroup(
             self.group,
             self.consumer,
             {self.stream: start},
             count=self.settings.ingest_batch,
-            block=None if self._backlog else self.settings.ingest_block_ms,
+            block=self.settings.ingest_block_ms if wait and not self._backlog else None,
         )
         entries = [
-            Entry(_text(sid), dict(fields))
+            Entry(_text(sid), fields)  # redis-py built the dict; it is ours
             for _stream, items in response or []
             for sid, fields in items
             if fields is not None  # a pending entry trimmed from the stream
@@ -252,8 +278,9 @@ class StreamConsumer:
             await self.s.redis.xack(self.stream, self.group, *stream_ids)
             self._failures.forget(stream_ids)
 
-    async def handle(self, entries: Sequence[Entry]) -> None:
-        """Validate, then expand; acknowledge what is durably done.
+    async def handle(self, entries: Sequence[Entry], *, overlap: bool = False) -> None:
+        """Validate, then expand; acknowledge what is durably done. With ``overlap``, the
+        batch's duplicates are still being recorded when this returns (``_settle``).
 
         Nothing an entry contains may stop the batch: an unexpected exception (a bug, a value
         the database refuses) handles the batch again one entry at a time, and the entry that
@@ -261,7 +288,7 @@ class StreamConsumer:
         propagates (``caused_by_the_data``): Postgres unreachable is retried, Redis lost or a
         broken schema stops the process with the entries still pending."""
         try:
-            await self._handle(entries)
+            await self._handle(entries, overlap=overlap)
         except DATABASE_UNAVAILABLE:
             # An outage is not the entries' fault: give back the delivery this attempt used,
             # or every retry during a long outage (backlog re-read, reclaim) would count
@@ -298,19 +325,61 @@ class StreamConsumer:
                             retrycount=max(count - 1, 1), justid=True)
             await pipe.execute()
 
-    async def _handle(self, entries: Sequence[Entry]) -> None:
+    async def _record(self, duplicates: Sequence[Duplicate]) -> None:
+        await db.record_duplicates(self.s.db, duplicates)
+        _log_duplicates(duplicates)
+        metrics.events_deduplicated(len(duplicates))
+
+    async def _record_and_ack(
+        self, duplicates: list[Duplicate], entries: Sequence[Entry], *, overlap: bool
+    ) -> None:
+        """Record a batch's duplicates, then acknowledge them; with ``overlap``, in a task
+        that the next batch (or the next empty read) waits for."""
+        await self._settle()  # one batch's duplicates at a time, acknowledged in order
+        if not overlap:
+            await self._record(duplicates)
+            await self.ack([d.stream_id for d in duplicates])
+            return
+        task = asyncio.create_task(self._record(duplicates), name="record-duplicates")
+        self._recording = _Recording(duplicates, entries, task)
+
+    async def _settle(self) -> None:
+        """Wait for the duplicates being recorded, and acknowledge them. Their failure is
+        their batch's: an outage gives their deliveries back (to be read again) and
+        propagates; an error of the data handles them one at a time (``handle``)."""
+        recording, self._recording = self._recording, None
+        if recording is None:
+            return
+        try:
+            await recording.task
+        except DATABASE_UNAVAILABLE:
+            await self._return_deliveries(recording.suppressed_entries())
+            self._backlog = True
+            raise
+        except Exception as exc:
+            if not caused_by_the_data(exc):
+                raise
+            entries = recording.suppressed_entries()
+            log.warning("ingest.batch_failed", entries=len(entries),
+                        error=f"{type(exc).__name__}: {exc}")
+            for entry in entries:
+                await self.handle([entry])
+            return
+        await self.ack([d.stream_id for d in recording.duplicates])
+
+    async def _handle(self, entries: Sequence[Entry], *, overlap: bool = False) -> None:
         valid: list[ParsedEvent] = []
         letters = []
         done: list[str] = []  # stream ids safe to acknowledge
-        for entry in entries:
-            try:
-                valid.append(parse_event(entry))
-            except InvalidEntry as exc:
-                letters.append(ingest_letter(entry, reason=exc.reason, error=exc.error))
-                done.append(entry.stream_id)
-                log.warning("event.invalid", stream_id=entry.stream_id, reason=exc.reason,
-                            error=exc.error[:500])
-                metrics.event_invalid(exc.reason)
+        for entry, outcome in zip(entries, parse_events(entries), strict=True):
+            if isinstance(outcome, ParsedEvent):
+                valid.append(outcome)
+                continue
+            letters.append(ingest_letter(entry, reason=outcome.reason, error=outcome.error))
+            done.append(entry.stream_id)
+            log.warning("event.invalid", stream_id=entry.stream_id, reason=outcome.reason,
+                        error=outcome.error[:500])
+            metrics.event_invalid(outcome.reason)
         await db.insert_dead_letters(self.s.db, letters)
         metrics.events_ingested(p.event.action for p in valid)
         result = await self.fanout.expand(valid)
@@ -332,6 +401,21 @@ class StreamConsumer:
             else:
                 self._backlog = True
         await self.ack(done)
+        if result.duplicates:
+            await self._record_and_ack(result.duplicates, entries, overlap=overlap)
+
+
+def _log_duplicates(duplicates: Sequence[Duplicate]) -> None:
+    """One line per alert a batch's duplicates were suppressed for, not one per duplicate:
+    a storm's lines were most of its cost. Each suppressed entry is on record in
+    ``duplicate_events`` (``alerts show``); the line says how many, and the first and last."""
+    by_owner: dict[tuple[str, str, str], list[Duplicate]] = {}
+    for dup in duplicates:
+        by_owner.setdefault((dup.tenant, dup.alert_id, dup.owner_key), []).append(dup)
+    for (tenant, alert_id, owner_key), dups in by_owner.items():
+        log.info("event.deduplicated", alert_id=alert_id, tenant=tenant,
+                 stream_id=dups[0].stream_id, last_stream_id=dups[-1].stream_id,
+                 count=len(dups), duplicate_of=owner_key)
 
 
 def _rang_nobody_letter(rang: RangNobody) -> NewDeadLetter | None:

@@ -249,7 +249,10 @@ def configure_logging(
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=False,
+        # Build each module's logger once, not on every line: the chain above is the same at
+        # every call of configure_logging (the output and level live in the stdlib handler
+        # and logger, read at each line), so a logger built at its first line stays right.
+        cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=foreign,

@@ -1,6 +1,6 @@
 """Prometheus metrics: what flowed through this process (counters, histograms).
 
-The pipeline records with one-line calls (``metrics.event_deduplicated()``), so a step never
+The pipeline records with one-line calls (``metrics.events_deduplicated(n)``), so a step never
 deals with label sets; the provider is measured by wrapping it (``MeasuredProvider``), so
 neither provider knows about metrics. The gauges behind ``voicealert status`` (stream lag,
 call backlog, rate-schedule delay: global facts, the same from every replica) are read at
@@ -109,8 +109,9 @@ def event_invalid(reason: str) -> None:
     EVENTS_INVALID.labels(reason).inc()
 
 
-def event_deduplicated() -> None:
-    EVENTS_DEDUPLICATED.inc()
+def events_deduplicated(count: int) -> None:
+    if count:
+        EVENTS_DEDUPLICATED.inc(count)
 
 
 def call_ended(status: str, answered_by: str | None = None) -> None:

@@ -44,6 +44,29 @@ async def test_dedup_lock_is_reentered_by_its_owner_and_refused_to_others(
     assert other_tenant.acquired
 
 
+async def test_a_batch_of_lock_requests_decides_as_the_same_requests_one_by_one(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    """A batch asks Redis once per distinct lock; its decisions must be those of trying
+    each request in turn, locks held before the batch included."""
+    requests = [request(owner, alert_id) for owner, alert_id in [
+        ("event:1", "a"), ("event:2", "a"), ("event:1", "a"), ("event:3", "b"),
+        ("event:4", "c"), ("event:2", "a"), ("event:4", "c"), ("event:5", "b"),
+    ]]
+    one_by_one, batched = DedupLock(client, Keys(f"{prefix}1:")), DedupLock(client, Keys(prefix))
+    for lock in (one_by_one, batched):
+        await lock.acquire_many([request("event:0", "b")])  # held before the batch
+    expected = [(await one_by_one.acquire_many([r]))[0] for r in requests]
+    assert await batched.acquire_many(requests) == expected
+    assert [d.acquired for d in expected] == [True, False, True, False, True, False, True, False]
+    assert {d.owner for d in expected} == {"event:0", "event:1", "event:4"}
+    for alert_id in "abc":
+        key = Keys(prefix).dedup_lock("t1", alert_id)
+        assert await client.get(key) == await client.get(Keys(f"{prefix}1:").dedup_lock(
+            "t1", alert_id))
+        assert 0 < await client.ttl(key) <= 60
+
+
 async def test_dedup_lock_is_released_only_by_its_owner(
     client: redis.asyncio.Redis, prefix: str
 ) -> None:

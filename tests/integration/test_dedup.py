@@ -177,3 +177,27 @@ async def test_burst_of_the_same_alert_rings_once_and_counts_the_rest(
 
     await wait_for(three_posted, what="3 create POSTs")
     assert len(await calls_of(db_conn, "db-down")) == 3
+
+
+async def test_a_storm_read_in_many_batches_rings_once_and_records_every_duplicate(
+    settings: Settings, db_conn: asyncpg.Connection, fake_twilio: FakeTwilio,
+    arq_redis: ArqRedis, start_worker: Any,
+) -> None:
+    """Batches of 7: each batch's duplicates are recorded while the next one is read, and
+    the last ones when the stream goes quiet; none is lost or acknowledged unrecorded."""
+    await make_group(db_conn)
+    await start_worker(settings.model_copy(update={"ingest_batch": 7}))
+    async with AlertProducer.from_url(settings.redis_url, prefix=settings.redis_prefix) as p:
+        await p.fire_many([{"alert_id": "db-down", "group": "oncall",
+                            "message": "Primary database is down"}] * 100)
+    await wait_for(lambda: stream_drained(arq_redis, Keys(settings.redis_prefix)),
+                   what="storm acknowledged")
+    rows = await alert_rows(db_conn, "db-down")
+    assert [r["duplicates"] for r in rows] == [99]
+    assert await db_conn.fetchval("SELECT count(DISTINCT stream_id) FROM duplicate_events") == 99
+
+    async def group_rung_once() -> bool:
+        return sorted(posted_to(fake_twilio)) == sorted(PHONES)
+
+    await wait_for(group_rung_once, what="one create POST per member")
+    assert len(await calls_of(db_conn, "db-down")) == len(PHONES)

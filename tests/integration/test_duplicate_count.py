@@ -10,6 +10,7 @@ see them: a storm over two replicas counted 99 duplicates of 199.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import asyncpg
 
@@ -46,3 +47,26 @@ async def test_duplicates_recorded_while_the_alert_is_created_are_all_counted(
         await creator.close()
     assert await db_conn.fetchval("SELECT duplicates FROM alerts WHERE event_key = $1",
                                   OWNER) == 100
+
+
+async def test_duplicates_of_several_events_in_one_call_are_each_a_row_counted_once(
+    db_conn: asyncpg.Connection,
+) -> None:
+    other = dataclasses.replace(alert(), alert_id="other", event_key="event:e1", event_id="e1",
+                                stream_id="1-1")
+    members = [Member(name="A", phone="+14155550100")]
+    for new in (alert(), other):
+        await db.create_alert(db_conn, new, members, StatusSource.WORKER)
+    storm = [Duplicate("default", OWNER, f"{n}-0", "storm", None) for n in range(2, 7)]
+    retried = [Duplicate("default", "event:e1", f"{n}-5", "other", "e1") for n in range(2, 4)]
+    # Interleaved, with a redelivered entry: five rows and two, each counted once.
+    await db.record_duplicates(db_conn, [*storm[:2], retried[0], *storm[2:], retried[1],
+                                         storm[0]])
+    await db.record_duplicates(db_conn, storm[3:])  # delivered again: counts nothing
+    counts = {r["event_key"]: r["duplicates"]
+              for r in await db_conn.fetch("SELECT event_key, duplicates FROM alerts")}
+    assert counts == {OWNER: 5, "event:e1": 2}
+    rows = await db_conn.fetch(
+        "SELECT owner_key, stream_id, alert_id, event_id FROM duplicate_events ORDER BY 1, 2")
+    assert [tuple(r) for r in rows] == sorted(
+        (d.owner_key, d.stream_id, d.alert_id, d.event_id) for d in [*storm, *retried])

@@ -7,11 +7,19 @@ from typing import Any
 
 import pydantic
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from schema import AlertEvent, describe_errors
-from schema.wire import MAX_JSON_DEPTH, WireError, json_depth_exceeds, loads_event
+from schema.wire import (
+    MAX_JSON_DEPTH,
+    WireError,
+    _scan_depth_exceeds,
+    json_depth_exceeds,
+    loads_event,
+)
 from testing.poison import POISON, Poison, good_event, malformed_entries
-from worker.entries import Entry, InvalidEntry, parse_entry
+from worker.entries import Entry, InvalidEntry, ParsedEvent, parse_entry, parse_events
 
 
 @pytest.mark.parametrize("poison", POISON, ids=[p.name for p in POISON])
@@ -48,6 +56,37 @@ def test_a_good_event_parses() -> None:
 )
 def test_depth_is_counted_outside_strings(raw: bytes, deep: bool) -> None:
     assert json_depth_exceeds(raw, MAX_JSON_DEPTH) is deep
+
+
+@given(st.binary(max_size=80) | st.text('[]{}"\\a', max_size=80).map(str.encode),
+       st.integers(min_value=0, max_value=8))
+def test_the_bracket_count_shortcut_decides_as_the_scan_does(raw: bytes, limit: int) -> None:
+    assert json_depth_exceeds(raw, limit) is _scan_depth_exceeds(raw, limit)
+
+
+def test_a_batch_parses_each_entry_as_parse_entry_does_and_shares_identical_payloads() -> None:
+    poison = POISON[0].fields
+    fields = [good_event("a"), good_event("a"), poison, good_event("b"), poison, {b"x": b"1"}]
+    entries = [Entry(f"{i}-0", f) for i, f in enumerate(fields)]
+    outcomes = parse_events(entries)
+    assert len(outcomes) == len(entries)
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        try:
+            expected: AlertEvent | InvalidEntry = parse_entry(entry)
+        except InvalidEntry as exc:
+            expected = exc
+        if isinstance(expected, InvalidEntry):
+            assert isinstance(outcome, InvalidEntry)
+            assert (outcome.reason, outcome.error) == (expected.reason, expected.error)
+        else:
+            assert isinstance(outcome, ParsedEvent)
+            assert outcome.entry is entry  # its own stream id, so its own event_key
+            assert outcome.event == expected
+    first, second = outcomes[0], outcomes[1]
+    assert isinstance(first, ParsedEvent)
+    assert isinstance(second, ParsedEvent)
+    assert first.event is second.event  # parsed once
+    assert first.event_key != second.event_key
 
 
 def test_numbers_within_bounds_are_read_exactly() -> None:
