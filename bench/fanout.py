@@ -1,7 +1,10 @@
 """Fan-out: one event to a 1,000-member group, every call placed as fast as the worker can.
 
 One replica, the simulated provider, the call rate raised out of the way
-(``VOICEALERT_CALLS_PER_SECOND`` 10,000: its 0.1 ms spacing is far below anything else here).
+(``VOICEALERT_CALLS_PER_SECOND`` 10,000: its 0.1 ms spacing is far below anything else here),
+and no merge window (``VOICEALERT_MERGE_WINDOW_S`` 0, as in the latency benchmark: the 2 s a
+new alert's calls deliberately wait for other alerts to the same people is not a cost of
+placing them, and would be most of the figure).
 The figure is members / (XADD → the last call has its provider sid). Baseline, same run: a
 plain arq worker (``bench.arq_noop``: max_jobs 50, poll 0.05 s) running as many no-op jobs,
 enqueued in one round trip; its figure is jobs / (enqueue → queue empty).
@@ -65,7 +68,8 @@ async def _fire_and_wait(place: Place, members: int, procs: Processes) -> Placed
 def voicealert_rate(place: Place, members: int) -> Placed:
     place.reset()
     place.set_group(GROUP, phones(members))
-    env = place.worker_env(VOICEALERT_CALLS_PER_SECOND=CALLS_PER_SECOND)
+    env = place.worker_env(VOICEALERT_CALLS_PER_SECOND=CALLS_PER_SECOND,
+                           VOICEALERT_MERGE_WINDOW_S="0")
     with workers(place, env, 1, label="fanout") as procs:
         return asyncio.run(_fire_and_wait(place, members, procs))
 

@@ -1,6 +1,8 @@
 """The global call rate across replicas: two workers, ``VOICEALERT_CALLS_PER_SECOND`` 10.
 
-Events to a 10-member group are written at once, so both replicas hold call jobs; the fake
+Events, each to its own 10-member group, are written at once, so both replicas hold call
+jobs (distinct people: one ring at a time per person would merge or hold back calls to the
+same people, and this measures the rate, not that); the fake
 Twilio records when each create POST arrived. Figures: the mean rate from the first POST to
 the last (baseline: the rate set), and the most POSTs in any 1 s window (goal: never more
 than the rate set).
@@ -32,7 +34,7 @@ def max_in_window(times: list[float], window_s: float = 1.0) -> int:
 async def _fire(place: Place, events: int) -> None:
     async with AlertProducer.from_url(place.redis_url, prefix=place.prefix) as producer:
         await producer.fire_many([
-            {"alert_id": f"rate-{i}", "group": GROUP, "message": "Rate probe",
+            {"alert_id": f"rate-{i}", "group": f"{GROUP}-{i}", "message": "Rate probe",
              "dedup_window_s": 0}
             for i in range(events)
         ])
@@ -40,8 +42,9 @@ async def _fire(place: Place, events: int) -> None:
 
 def run(place: Place, sizes: Sizes) -> dict[str, Sample]:
     place.reset()
-    place.set_group(GROUP, phones(MEMBERS))
     events = math.ceil(sizes.rate_calls / MEMBERS)
+    for i in range(events):
+        place.set_group(f"{GROUP}-{i}", phones(MEMBERS, start=i * MEMBERS))
     calls = events * MEMBERS
     with FakeTwilio() as fake:
         env = place.worker_env(**fake_twilio_env(fake), VOICEALERT_CALLS_PER_SECOND=str(RATE))

@@ -29,9 +29,13 @@ from functools import wraps
 from typing import Any, cast
 
 from arq import Retry, Worker
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, log_redis_info
+from arq.constants import in_progress_key_prefix
 from arq.typing import WorkerCoroutine
+from arq.utils import timestamp_ms
 from arq.worker import func
+from arq.worker import logger as arq_logger
+from redis.commands.core import AsyncScript
 
 from worker import db, metrics
 from worker.calls import place_call
@@ -41,7 +45,7 @@ from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
 from worker.jobs import IN_PROGRESS_MARGIN_S, JobFunction, after_job_end, call_job
-from worker.keys import Keys
+from worker.keys import Keys, wake_channel
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
@@ -64,6 +68,7 @@ from worker.services import Services
 from worker.simulated import SimulatedProvider
 from worker.sweeper import Sweeper
 from worker.twilio_provider import TwilioProvider
+from worker.wakeup import JobWakeup
 
 log = get_logger(__name__)
 
@@ -150,6 +155,18 @@ async def close_services(services: Services) -> None:
     await services.db.close()
 
 
+# arq's check-and-take of a job (Worker.start_jobs), atomic: not running anywhere (its
+# in-progress key), still queued and due; then its in-progress key, for the job's timeout.
+_TAKE_JOB = """
+-- KEYS: in-progress key, queue; ARGV: job id, now (ms), in-progress lifetime (ms)
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('PSETEX', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
 class _DrainableWorker(Worker):
     """arq's Worker, except that a drain stops starting jobs at once, and that the health
     key holds our heartbeat.
@@ -159,12 +176,72 @@ class _DrainableWorker(Worker):
     """
 
     heartbeat: Callable[[], Awaitable[None]] | None = None
+    wakeup: JobWakeup | None = None
+    _take_job_script: AsyncScript | None = None
+
+    async def main(self) -> None:
+        """arq's ``Worker.main`` (our pool given, never burst mode), its fixed-step poll
+        replaced by ``JobWakeup.wait``: the poll delay is still the longest sleep between two
+        looks at the queue, but an enqueued job or a deferred job's start time cuts it short."""
+        arq_logger.info("Starting worker for %d functions: %s", len(self.functions),
+                        ", ".join(self.functions))
+        await log_redis_info(self.pool, arq_logger.info)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wakeup = self.wakeup or JobWakeup(self.pool, wake_channel(self.queue_name))
+        loop = asyncio.get_running_loop()
+        async with wakeup.listening():
+            while True:
+                deadline = loop.time() + self.poll_delay_s
+                wakeup.looking()
+                # Jobs that ran may have deferred themselves (Retry) without announcing it.
+                ran = bool(self.tasks)
+                await self._poll_iteration()
+                if wakeup.stale or ran or self.tasks:
+                    wakeup.note_due(await self._next_due_ms())
+                await wakeup.wait(deadline)
+
+    async def _next_due_ms(self) -> float | None:
+        """When the earliest job deferred to the future is due (epoch ms), if any."""
+        found = await self.pool.zrangebyscore(self.queue_name, f"({timestamp_ms()}", "+inf",
+                                              start=0, num=1, withscores=True)
+        return float(found[0][1]) if found else None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id in job_ids:
+        """arq's ``start_jobs``, taking each job in one script (``_TAKE_JOB``) instead of
+        four round trips (WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC), and stopping at once on
+        a drain."""
+        for job_id_b in job_ids:
             if not self.allow_pick_jobs:
                 return
-            await super().start_jobs([job_id])
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            try:
+                score = await self._take_job(job_id)
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+            if score is None:  # running elsewhere, finished, or deferred again meanwhile
+                self.job_counter -= 1
+                self.sem.release()
+                continue
+            task = asyncio.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def _take_job(self, job_id: str) -> int | None:
+        if self._take_job_script is None:
+            self._take_job_script = self.pool.register_script(_TAKE_JOB)
+        score = await self._take_job_script(
+            keys=[in_progress_key_prefix + job_id, self.queue_name],
+            args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)])
+        return None if score is None else int(float(score))
 
     async def record_health(self) -> None:
         # Called by arq on every poll (heart_beat); ours writes a few times per interval.

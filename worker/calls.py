@@ -9,6 +9,7 @@ the lookup.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from arq import Retry
 
 from worker import db, metrics
 from worker.dead_letters import call_letter
-from worker.jobs import run_again_in
+from worker.jobs import holds_rate_slot, run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
@@ -50,6 +51,8 @@ LOOKUP_SLACK = timedelta(seconds=5)
 #: A call waiting for its number looks again this often (a number is free within seconds of
 #: its call ending).
 LINE_RECHECK_S = 2.0
+#: A run that takes a rate slot this close waits for it rather than being queued again.
+SLOT_WAIT_S = 0.05
 #: A call still live this long after it was placed no longer keeps its number from being
 #: called: a page lasts a minute or two, and a second call beats a missed one.
 LINE_STUCK_S = 900.0
@@ -97,22 +100,41 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
         await _give_up(s, call, "exhausted",
                        f"no call placed after {call.attempts} attempts")
         return "exhausted"
+    if not holds_rate_slot(ctx) and not await _take_slot(
+            ctx, s, call, check_line=call.status == CallStatus.PENDING):
+        return "waiting"
     if call.status == CallStatus.PENDING:
         claim = await _claim_line(s, call)
         if claim.kind in ("busy", "window"):
             # Looked at again soon: the number is being called, or other alerts may still
-            # come and be spoken in the same call.
-            run_again_in(ctx, LINE_RECHECK_S if claim.kind == "busy" else claim.wait_s)
+            # come and be spoken in the same call. That run is not at a rate slot.
+            run_again_in(ctx, LINE_RECHECK_S if claim.kind == "busy" else claim.wait_s,
+                         at_slot=False)
             return "waiting"
         if claim.attempt is None:
             return "merged"
-        attempt = claim.attempt
-    else:
-        retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
-        if retried is None:
-            return "not-dialable"
-        attempt = retried
-    return await _dial(s, call, attempt)
+        return await _dial(s, call, claim.attempt, claim.messages)
+    retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
+    if retried is None:
+        return "not-dialable"
+    return await _dial(s, call, retried, await db.line_messages(s.db, call.id))
+
+
+async def _take_slot(ctx: dict[str, Any], s: Services, call: CallJob, *,
+                     check_line: bool) -> bool:
+    """A run not at a rate slot of its own (it waited for its number, or was put back) takes
+    one before it may dial: True when it may dial now; else it runs again at its slot (or,
+    while its number is still in use, later, taking no slot yet)."""
+    if check_line and await db.line_in_use(s.db, call.id, call.phone, stuck_s=LINE_STUCK_S):
+        run_again_in(ctx, LINE_RECHECK_S, at_slot=False)
+        return False
+    wait_s = (await s.limiter.reserve(1))[0] / 1000 - time.time()
+    if wait_s > SLOT_WAIT_S:
+        run_again_in(ctx, wait_s)  # at the slot just reserved
+        return False
+    if wait_s > 0:
+        await asyncio.sleep(wait_s)
+    return True
 
 
 async def _claim_line(s: Services, call: CallJob) -> LineClaim:
@@ -160,10 +182,11 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
     return None
 
 
-async def _dial(s: Services, call: CallJob, attempt: int) -> str:
-    """POST the call (the attempt is recorded already); it speaks every alert merged in."""
+async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str]) -> str:
+    """POST the call (the attempt is recorded already); it speaks ``messages``, its own
+    alert's and those of every call merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
-    messages = await db.line_messages(s.db, call.id) or [call.message]
+    messages = messages or [call.message]
     metrics.dialing(call, attempt)
     bound.info("call.dialing", to=call.phone, attempt=attempt, alerts=len(messages))
     started = time.monotonic()
@@ -180,7 +203,7 @@ async def _dial(s: Services, call: CallJob, attempt: int) -> str:
         bound.warning("call.throttled", code=exc.code, error=str(exc), retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     except AmbiguousProviderError as exc:
-        delay = backoff_s(attempt, base_s=s.settings.retry_base_s, cap_s=s.settings.retry_cap_s)
+        delay = await _retry_delay(s, attempt)  # a re-POST (after the lookup) takes a slot
         bound.warning("call.ambiguous", code=exc.code, error=str(exc),
                       retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc

@@ -67,6 +67,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection's reset: none beyond what asyncpg always does on release (an open
+    transaction rolled back, listeners dropped). Its default reset query (``CLOSE ALL;
+    UNLISTEN *; RESET ALL; SELECT pg_advisory_unlock_all()``) was one more round trip after
+    every pooled statement, and clears nothing here: pooled connections never set session
+    state (no SET, LISTEN, cursor or session-level advisory lock; the locks taken are
+    transaction-scoped; the revocation listener has a connection of its own)."""
+
+
 class BoundedPool(asyncpg.Pool):
     """An asyncpg pool whose acquire, hold, release and close are bounded (see above)."""
 
@@ -78,6 +87,7 @@ class BoundedPool(asyncpg.Pool):
             max_queries=50_000,
             max_inactive_connection_lifetime=300.0,
             init=init_connection,
+            reset=keep_session,
             loop=None,
             connection_class=asyncpg.Connection,
             record_class=asyncpg.Record,

@@ -467,6 +467,31 @@ async def acknowledge_call(conn: Connection, call_id: int) -> Keypress | None:
     return Keypress(member_name=member, acknowledged=int(acknowledged), to_cancel=to_cancel)
 
 
+# Another call than $2 to the number $1 is being placed or is live, and not stuck for $4 s.
+_LINE_IN_USE = """
+    SELECT count(*) FROM calls
+    WHERE phone = $1 AND id <> $2 AND status = ANY($3::text[])
+      AND coalesce(attempt_started_at, updated_at) > now() - make_interval(secs => $4)
+"""
+
+
+async def line_in_use(db: Executor, call_id: int, phone: str, *, stuck_s: float) -> bool:
+    """Whether another call to ``phone`` is being placed or is live (as ``claim_line``
+    decides it, without taking the number)."""
+    return bool(await db.fetchval(
+        _LINE_IN_USE, phone, call_id, [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES], stuck_s))
+
+
+async def mark_waiting(db: Executor, call_ids: Sequence[int]) -> None:
+    """These pending calls are due (their jobs are queued): calls that take their number
+    first may speak for them (``claim_line`` merges waiting calls)."""
+    await db.execute(
+        """UPDATE calls SET waiting_since = coalesce(waiting_since, now())
+           WHERE id = ANY($1::bigint[]) AND status = $2 AND merged_into IS NULL""",
+        list(call_ids), CallStatus.PENDING,
+    )
+
+
 async def claim_line(
     conn: Connection,
     call_id: int,
@@ -487,11 +512,13 @@ async def claim_line(
     ``fitting`` says one call can speak) are merged into it, and all of them start an
     attempt together, in the same transaction, so no other claim can see the number free."""
     async with conn.transaction():
-        call = await conn.fetchrow("SELECT phone FROM calls WHERE id = $1", call_id)
+        call = await conn.fetchrow(
+            "SELECT phone, pg_advisory_xact_lock(hashtextextended(phone, 9)) FROM calls"
+            " WHERE id = $1",
+            call_id,
+        )
         if call is None:
             return LineClaim(kind="gone")
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 9))",
-                           call["phone"])
         mine = await conn.fetchrow(
             """
             UPDATE calls c SET waiting_since = coalesce(c.waiting_since, now())
@@ -508,11 +535,7 @@ async def claim_line(
         if mine is None:
             return LineClaim(kind="gone")  # merged into another call, or no longer pending
         busy = await conn.fetchval(
-            """
-            SELECT count(*) FROM calls
-            WHERE phone = $1 AND id <> $2 AND status = ANY($3::text[])
-              AND coalesce(attempt_started_at, updated_at) > now() - make_interval(secs => $4)
-            """,
+            _LINE_IN_USE,
             call["phone"],
             call_id,
             [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES],
@@ -538,14 +561,19 @@ async def claim_line(
             max_age_s,
         )
         count = max(1, fitting([mine["message"], *[w["message"] for w in waiting]]))
-        merged = [w["id"] for w in waiting[: count - 1]]
-        await conn.execute(
-            "UPDATE calls SET merged_into = $1, updated_at = now() WHERE id = ANY($2::bigint[])",
-            call_id,
-            merged,
-        )
+        taken = sorted(waiting[: count - 1], key=lambda w: int(w["id"]))
+        merged = [w["id"] for w in taken]
+        if merged:
+            await conn.execute(
+                "UPDATE calls SET merged_into = $1, updated_at = now()"
+                " WHERE id = ANY($2::bigint[])",
+                call_id,
+                merged,
+            )
         attempt = await start_attempt(conn, call_id, source)
-    return LineClaim(kind="claimed", attempt=attempt, merged=merged)
+    # What the call speaks, as line_messages reads it: its own alert's, then by call id.
+    messages = [mine["message"], *[w["message"] for w in taken]]
+    return LineClaim(kind="claimed", attempt=attempt, merged=merged, messages=messages)
 
 
 async def merged_calls(db: Executor, call_id: int) -> list[int]:
@@ -683,7 +711,13 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
     """Move a call forward to ``update.status``; never backward, never out of a terminal
     status. The rows merged into it share its provider call and move with it. Returns True
     when a row changed."""
-    result = await db.execute(
+    return bool(await advance_line(db, call_id, update))
+
+
+async def advance_line(db: Executor, call_id: int, update: CallUpdate) -> list[int]:
+    """``advance_call``, returning the alerts whose calls changed (what to decide again:
+    the alerts the call speaks for, without reading them again)."""
+    rows = await db.fetch(
         """
         WITH advanced AS (
             UPDATE calls SET
@@ -697,10 +731,12 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
                 ended_at = CASE WHEN call_status_rank($2) = 5 THEN now() ELSE ended_at END
             WHERE (id = $1 OR merged_into = $1)
               AND call_status_rank(status) < call_status_rank($2)
-            RETURNING id, status
+            RETURNING id, status, alert
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source, detail)
+            SELECT id, status, $8, $9 FROM advanced ORDER BY id
         )
-        INSERT INTO call_events (call, status, source, detail)
-        SELECT id, status, $8, $9 FROM advanced ORDER BY id
+        SELECT DISTINCT alert FROM advanced ORDER BY alert
         """,
         call_id,
         update.status,
@@ -712,7 +748,7 @@ async def advance_call(db: Executor, call_id: int, update: CallUpdate) -> bool:
         update.source,
         _detail(update.error_code, update.error_message),
     )
-    return int(result.split()[-1]) > 0
+    return [r["alert"] for r in rows]
 
 
 def _detail(error_code: int | None, error_message: str | None) -> str | None:
@@ -775,15 +811,22 @@ async def record_answered_by(
     return int(result.split()[-1]) > 0
 
 
-async def record_provider_sid(db: Executor, call_id: int, sid: str) -> None:
+async def record_provider_sid(db: Executor, call_id: int, sid: str) -> AlertStatus | None:
     """Attach the provider's sid (to the rows merged into the call too) even when the status
-    does not move (a callback came first)."""
-    await db.execute(
-        "UPDATE calls SET provider_sid = $2, updated_at = now()"
-        " WHERE (id = $1 OR merged_into = $1) AND provider_sid IS NULL",
+    does not move (a callback came first). Returns the status of the call's alert (None: no
+    such call), read in the same statement: was it resolved or acknowledged while dialing?"""
+    status = await db.fetchval(
+        """
+        WITH attached AS (
+            UPDATE calls SET provider_sid = $2, updated_at = now()
+            WHERE (id = $1 OR merged_into = $1) AND provider_sid IS NULL
+        )
+        SELECT a.status FROM calls c JOIN alerts a ON a.id = c.alert WHERE c.id = $1
+        """,
         call_id,
         sid,
     )
+    return AlertStatus(status) if status is not None else None
 
 
 async def alert_progress(

@@ -13,6 +13,7 @@ letters and duplicate rows, and acknowledges them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -142,7 +143,11 @@ class FanOut:
                 result.failed.append(Failed(item.parsed, f"{type(exc).__name__}: {exc}"))
                 continue
             result.done.append(item.parsed.entry.stream_id)
-        added = await self.s.schedule_calls(call_ids)
+        # Nothing is dialed before the merge window has passed (claim_line), so the calls'
+        # rate slots start there: at their slots they are placed, not told to wait.
+        window_s = self.s.settings.merge_window_s
+        added = await self.s.schedule_calls(
+            call_ids, not_before_ms=int((time.time() + window_s) * 1000) if window_s else 0)
         if call_ids:
             log.debug("calls.enqueued", calls=len(call_ids), new_jobs=added)
 
@@ -221,6 +226,10 @@ class FanOut:
             else:
                 progress = await db.alert_progress(conn, stored.id)
                 ids = [progress.next_pending] if progress and progress.next_pending else []
+            if ids and self.s.settings.merge_window_s:
+                # Due, and waiting out the window: other alerts' calls to the same people
+                # that take the number first speak for these too.
+                await db.mark_waiting(conn, ids)
         log.info("alert.created" if stored.created else "alert.redelivered", alert=stored.id,
                  alert_id=parsed.event.alert_id, tenant=parsed.event.tenant,
                  stream_id=parsed.entry.stream_id, calls=len(stored.calls), mode=stored.mode)

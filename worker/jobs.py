@@ -15,6 +15,11 @@ So every job runs inside ``call_job``, and:
   re-reads its call, so running it again is safe; a job arq kept itself (a ``Retry``, a
   cancellation at shutdown) is still queued, and enqueueing it again is a no-op.
 
+**Rate slots.** A ``place_call`` job is queued at a slot of the global call rate, and a run
+at its slot may dial. A run that is not at a slot of its own (a call that waited for its
+number, a put-back run) carries ``slot: false`` and takes a fresh slot before dialing
+(``holds_rate_slot``), so no call exceeds the rate by having waited.
+
 What is lost between arq dropping a run and ``after_job_end`` (a crash in that instant) is
 recreated by the sweeper from Postgres.
 """
@@ -47,11 +52,22 @@ IN_PROGRESS_MARGIN_S = 5.0
 _RUN = "voicealert.run"
 _RETURNED = "voicealert.returned"
 _RUN_AGAIN_S = "voicealert.run_again_s"
+_RUN_AGAIN_AT_SLOT = "voicealert.run_again_at_slot"
+_HOLDS_SLOT = "voicealert.holds_slot"
+#: The job keyword that marks a run as not starting at a rate slot of its own.
+SLOT_KWARG = "slot"
 
 
-def run_again_in(ctx: dict[str, Any], delay_s: float) -> None:
-    """Ask for this job to run again in ``delay_s`` seconds, once the current run ends."""
+def run_again_in(ctx: dict[str, Any], delay_s: float, *, at_slot: bool = True) -> None:
+    """Ask for this job to run again in ``delay_s`` seconds, once the current run ends;
+    ``at_slot`` False: that time is not a rate slot reserved for it (``holds_rate_slot``)."""
     ctx[_RUN_AGAIN_S] = max(0.0, delay_s)
+    ctx[_RUN_AGAIN_AT_SLOT] = at_slot
+
+
+def holds_rate_slot(ctx: dict[str, Any]) -> bool:
+    """Whether this run starts at a rate slot reserved for it (see the module)."""
+    return bool(ctx.get(_HOLDS_SLOT, True))
 
 
 def call_job(name: str, job: JobFunction) -> WorkerCoroutine:
@@ -59,8 +75,9 @@ def call_job(name: str, job: JobFunction) -> WorkerCoroutine:
 
     @wraps(job)
     async def wrapper(ctx: dict[Any, Any], call_id: int, *_: Any, failures: int = 0,
-                      **__: Any) -> str:
+                      slot: bool = True, **__: Any) -> str:
         ctx[_RUN] = (name, call_id, failures)
+        ctx[_HOLDS_SLOT] = slot
         try:
             result = await job(ctx, call_id)
         except DATABASE_UNAVAILABLE as exc:
@@ -84,20 +101,24 @@ async def after_job_end(ctx: dict[str, Any]) -> None:
     if ctx.get(_RETURNED):
         delay = ctx.get(_RUN_AGAIN_S)
         if delay is not None:
-            await _enqueue(services, ctx["job_id"], name, call_id, delay, failures=0)
+            await _enqueue(services, ctx["job_id"], name, call_id, delay, failures=0,
+                           at_slot=ctx.get(_RUN_AGAIN_AT_SLOT, True))
         return
     failures += 1
     delay = backoff_s(failures, base_s=services.settings.retry_base_s,
                       cap_s=services.settings.retry_cap_s)
-    if await _enqueue(services, ctx["job_id"], name, call_id, delay, failures=failures):
+    if await _enqueue(services, ctx["job_id"], name, call_id, delay, failures=failures,
+                      at_slot=False):
         log.warning("job.rescheduled", job=name, call=call_id, failures=failures,
                     retry_in_s=round(delay, 2))
 
 
 async def _enqueue(services: Services, job_id: str, name: str, call_id: int, delay_s: float,
-                   *, failures: int) -> bool:
+                   *, failures: int, at_slot: bool) -> bool:
     run_at = int((time.time() + delay_s) * 1000)
-    kwargs = {"failures": failures} if failures else {}
+    kwargs: dict[str, Any] = {"failures": failures} if failures else {}
+    if not at_slot:
+        kwargs[SLOT_KWARG] = False
     job = ScheduledJob(name, job_id, (call_id,), run_at, kwargs)
     added = await enqueue_many(services.redis, services.keys.queue, [job],
                                expires_ms=job_expiry_ms(services.settings))

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def wake_channel(queue: str) -> str:
+    """The wake-up channel of an arq queue (``Keys.queue_wake``)."""
+    return f"{queue}:wake"
+
+
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "voicealert:"
@@ -23,6 +28,12 @@ class Keys:
     def queue(self) -> str:
         """arq's job queue (sorted set); arq derives its job keys from arq's own prefixes."""
         return f"{self.prefix}queue"
+
+    @property
+    def queue_wake(self) -> str:
+        """Pub/sub channel (not a key) on which every enqueue announces when its earliest job
+        starts, so that job loops sleeping until their next poll wake (worker/wakeup.py)."""
+        return wake_channel(self.queue)
 
     def health_check(self, consumer: str) -> str:
         """One health key per replica (arq's default is shared by every replica), holding the

@@ -66,6 +66,11 @@ def provider_status(reported: str) -> CallStatus | None:
     return known.get(reported)
 
 
+#: Statuses a call moving to may change what its alert decides (answered, a round over, the
+#: next member): not queued or ringing, which leave the call open and active as dialing did.
+DECISIVE_CALL_STATUSES = TERMINAL_CALL_STATUSES | {CallStatus.IN_PROGRESS}
+
+
 class StatusSource(StrEnum):
     """Who changed a call's status (``call_events.source``)."""
 
@@ -235,6 +240,8 @@ class LineClaim:
     attempt: int | None = None
     merged: list[int] = field(default_factory=list)
     wait_s: float = 0.0
+    #: What the claimed call speaks: its own alert's message, then those merged into it.
+    messages: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from worker.jobs import run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
+    DECISIVE_CALL_STATUSES,
     LIVE_PROVIDER_STATUSES,
     MACHINE_ANSWERS,
     TERMINAL_CALL_STATUSES,
@@ -72,13 +73,14 @@ async def schedule_poll(s: Services, call_id: int, delay_s: float | None = None)
 async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall) -> None:
     """Attach the provider's call to our row, follow it, and cancel it if the alert was
     resolved or acknowledged while we were dialing."""
-    await db.record_provider_sid(s.db, call.id, placed.sid)
+    alert_status = await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed, StatusSource.WORKER)
-    fresh = await db.get_call(s.db, call.id)
-    stopped = fresh is not None and fresh.alert_status in CALLING_STOPPED_ALERT_STATUSES
-    if fresh is not None and stopped and fresh.status in UNANSWERED_CALL_STATUSES and (
+    # Stopped before the sid was on record: the cancel job of the resolve or ack saw none
+    # (stopped after: that job finds the sid and cancels).
+    stopped = alert_status in CALLING_STOPPED_ALERT_STATUSES
+    if stopped and placed.status in UNANSWERED_CALL_STATUSES and (
             not await db.line_still_wanted(s.db, call.id)):
-        await cancel_at_provider(s, fresh, placed.sid, StatusSource.CANCEL)
+        await cancel_at_provider(s, call, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
         await schedule_poll(s, call.id)
 
@@ -99,13 +101,14 @@ async def apply_status(
         log.warning("call.unknown_status", call=call.id, alert=call.alert, sid=observed.sid,
                     status=observed.status[:40])
         status = CallStatus.QUEUED
-    changed = await db.advance_call(s.db, call.id, CallUpdate(
+    alerts = await db.advance_line(s.db, call.id, CallUpdate(
         status=status,
         source=source,
         provider_sid=observed.sid,
         duration_s=observed.duration_s,
         answered_by=observed.answered_by,
     ))
+    changed = bool(alerts)
     if changed:
         metrics.call_ended(status, observed.answered_by)
         # Answered and ended are worth a line each; queued and ringing only when debugging.
@@ -113,8 +116,13 @@ async def apply_status(
                 call=call.id, alert=call.alert, alert_id=call.alert_id, sid=observed.sid,
                 status=status, duration_s=observed.duration_s,
                 answered_by=observed.answered_by)
-    if changed or learned:
+    if learned:
         await after_line_change(s, call.id)
+    elif changed and status in DECISIVE_CALL_STATUSES:
+        # Queued or ringing decides nothing (the call stays open and active); the alerts
+        # come back from the update, not from reading the line again.
+        for alert_pk in alerts:
+            await after_status_change(s, alert_pk)
     if learned and status == CallStatus.IN_PROGRESS and (
             observed.answered_by in MACHINE_ANSWERS):
         await answer_machine(s, call, observed.sid)
@@ -184,14 +192,16 @@ async def after_status_change(s: Services, alert_pk: int) -> None:
     if progress is None or progress.status in CALLING_STOPPED_ALERT_STATUSES:
         return
     keypress = s.settings.keypress_acknowledgement
+    # Answered already (read with the progress): setting it again would change nothing.
+    answered = progress.status == AlertStatus.ANSWERED
     if progress.answered and not keypress:
         if progress.mode == "sequential":
             metrics.calls_canceled(await db.cancel_pending_calls(
                 s.db, alert_pk, "answered by an earlier member", StatusSource.WORKER))
-        if await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
+        if not answered and await db.set_alert_status(s.db, alert_pk, AlertStatus.ANSWERED):
             log.info("alert.answered", alert=alert_pk)
         return
-    if keypress and progress.on_the_line and await db.set_alert_status(
+    if keypress and progress.on_the_line and not answered and await db.set_alert_status(
             s.db, alert_pk, AlertStatus.ANSWERED):
         log.info("alert.answered", alert=alert_pk)
     if progress.mode == "sequential" and progress.next_pending is not None:

@@ -17,6 +17,8 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
+from worker.keys import wake_channel
+
 PLACE_CALL = "place_call"
 POLL_CALL = "poll_call"
 CANCEL_CALL = "cancel_call"
@@ -87,17 +89,22 @@ class ScheduledJob:
 
 
 _ENQUEUE_MANY = """
--- KEYS: queue, then (job key, result key) per job; ARGV: expires_ms, then (id, score, payload)
-local added = 0
+-- KEYS: queue, then (job key, result key) per job
+-- ARGV: expires_ms, now_ms, wake channel, then (id, score, payload) per job
+local added, earliest = 0, nil
 for i = 1, (#KEYS - 1) / 2 do
   local job_key, result_key = KEYS[2 * i], KEYS[2 * i + 1]
-  local id, score, payload = ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1]
+  local id, score, payload = ARGV[3 * i + 1], ARGV[3 * i + 2], ARGV[3 * i + 3]
   if redis.call('EXISTS', job_key, result_key) == 0 then
-    local ttl = tonumber(score) - tonumber(ARGV[#ARGV]) + tonumber(ARGV[1])
+    local ttl = tonumber(score) - tonumber(ARGV[2]) + tonumber(ARGV[1])
     redis.call('PSETEX', job_key, math.max(ttl, 1000), payload)
     redis.call('ZADD', KEYS[1], score, id)
     added = added + 1
+    if earliest == nil or tonumber(score) < earliest then earliest = tonumber(score) end
   end
+end
+if earliest ~= nil then
+  redis.call('PUBLISH', ARGV[3], string.format('%d', earliest))
 end
 return added
 """
@@ -106,19 +113,20 @@ return added
 async def enqueue_many(
     redis: ArqRedis, queue: str, jobs: Sequence[ScheduledJob], *, expires_ms: int
 ) -> int:
-    """Enqueue ``jobs`` in one round trip; returns how many were new."""
+    """Enqueue ``jobs`` in one round trip; returns how many were new. When any is, the
+    earliest start time among them is published on the queue's wake channel
+    (worker/wakeup.py), so a job loop sleeping until its next poll starts it on time."""
     if not jobs:
         return 0
     now_ms = int(time.time() * 1000)
     keys: list[str] = [queue]
-    argv: list[Any] = [expires_ms]
+    argv: list[Any] = [expires_ms, now_ms, wake_channel(queue)]
     for job in jobs:
         keys += [job_key_prefix + job.job_id, result_key_prefix + job.job_id]
         payload = serialize_job(
             job.function, job.args, job.kwargs, None, now_ms, serializer=json_serializer
         )
         argv += [job.job_id, job.run_at_ms, payload]
-    argv.append(now_ms)
     # EVALSHA (the script is loaded once per server); registering only hashes the text.
     added = await redis.register_script(_ENQUEUE_MANY)(keys=keys, args=argv)
     return int(added)

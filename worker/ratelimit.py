@@ -21,6 +21,8 @@ local interval = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now_ms then tat = now_ms end
+local not_before = tonumber(ARGV[3] or '0')
+if tat < not_before then tat = not_before end
 local slots = {}
 for i = 1, n do
   slots[i] = tat
@@ -38,9 +40,11 @@ class RateLimiter:
         self._reserve = client.register_script(_RESERVE)
         self.interval_ms = 1000 / calls_per_second
 
-    async def reserve(self, count: int) -> list[int]:
-        """Reserve ``count`` call starts; returns their times in epoch milliseconds."""
+    async def reserve(self, count: int, *, not_before_ms: int = 0) -> list[int]:
+        """Reserve ``count`` call starts, none before ``not_before_ms``; returns their times
+        in epoch milliseconds."""
         if count <= 0:
             return []
-        slots = await self._reserve(keys=[self._key], args=[repr(self.interval_ms), str(count)])
+        slots = await self._reserve(keys=[self._key], args=[repr(self.interval_ms), str(count),
+                                                            str(not_before_ms)])
         return [int(s) for s in slots]

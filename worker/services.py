@@ -23,15 +23,17 @@ def job_expiry_ms(settings: Settings) -> int:
 
 
 async def schedule_calls(
-    redis: ArqRedis, settings: Settings, call_ids: Sequence[int], limiter: RateLimiter | None = None
+    redis: ArqRedis, settings: Settings, call_ids: Sequence[int],
+    limiter: RateLimiter | None = None, *, not_before_ms: int = 0,
 ) -> int:
-    """Enqueue place_call jobs at reserved slots of the global call rate; returns how many
-    were new. Used by the worker and by the CLI's DLQ replay alike."""
+    """Enqueue place_call jobs at reserved slots of the global call rate, none before
+    ``not_before_ms``; returns how many were new. Used by the worker and by the CLI's DLQ
+    replay alike."""
     if not call_ids:
         return 0
     keys = Keys(settings.redis_prefix)
     limiter = limiter or RateLimiter(redis, keys.rate_limit, settings.calls_per_second)
-    slots = await limiter.reserve(len(call_ids))
+    slots = await limiter.reserve(len(call_ids), not_before_ms=not_before_ms)
     jobs = [
         ScheduledJob(PLACE_CALL, job_id(keys.prefix, "call", cid), (cid,), slot)
         for cid, slot in zip(call_ids, slots, strict=True)
@@ -64,8 +66,9 @@ class Services:
     limiter: RateLimiter
     dedup: DedupLock
 
-    async def schedule_calls(self, call_ids: Sequence[int]) -> int:
-        return await schedule_calls(self.redis, self.settings, call_ids, self.limiter)
+    async def schedule_calls(self, call_ids: Sequence[int], *, not_before_ms: int = 0) -> int:
+        return await schedule_calls(self.redis, self.settings, call_ids, self.limiter,
+                                    not_before_ms=not_before_ms)
 
     async def schedule(self, function: str, kind: str, call_id: int, delay_s: float = 0) -> int:
         """Enqueue a follow-up job for a call (poll, cancel, settle), not rate limited."""

@@ -3,14 +3,19 @@
 - ``worker/queue.py`` enqueues a batch in one Lua call instead of ``enqueue_job``: it writes
   arq's key layout (``arq:job:<id>``, ``arq:result:<id>``, the queue sorted set) and arq's job
   payload (``serialize_job``) itself.
-- ``worker/app.py`` subclasses ``Worker``: ``start_jobs`` is overridden to stop starting jobs
-  at once on a drain (``allow_pick_jobs``), and ``in_progress_timeout_s`` is shortened.
+- ``worker/app.py`` subclasses ``Worker``: ``start_jobs`` is replaced (arq's semaphore and
+  job counter, its check-and-take of a job done in one script, ``run_job(job_id, score)`` as
+  a task in ``tasks``), stopping at once on a drain (``allow_pick_jobs``), and
+  ``in_progress_timeout_s`` is shortened.
 - tests/helpers.py reads ``arq:in-progress:<id>`` to know a job is running; so does
   ``worker/health.py`` (call jobs running vs waiting, for ``voicealert status``).
 - ``worker/app.py`` overrides ``record_health`` (our heartbeat in the health key), reads
   ``Worker.tasks`` (which jobs run now) and passes ``on_job_start`` (the log scope of a job);
   ``worker/logs.py`` rewrites arq's log lines by their format strings
   (tests/unit/test_quiet_logs.py pins those).
+- ``worker/app.py`` overrides ``Worker.main`` (arq's start-up steps, then its poll loop with
+  the sleep cut short by ``worker/wakeup.py``) and reads ``queue_name``, ``poll_delay_s`` and
+  the queue's scores (arq's ``timestamp_ms`` clock) to wake when a deferred job comes due.
 - ``worker/jobs.py`` passes ``after_job_end``: it must run after the run is recorded (the job
   key deleted) and see the ctx dict the job itself ran with.
 
@@ -19,6 +24,7 @@ pyproject.toml pins arq to one minor version; moving the pin means reading these
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from importlib.metadata import version
 
@@ -105,6 +111,75 @@ def test_the_health_hooks_we_override_are_called_where_we_expect() -> None:
     assert "on_job_start" in inspect.signature(Worker).parameters
     # A clean stop deletes the health key (status then shows no replica, not a dead one).
     assert "await self.pool.delete(self.health_check_key)" in inspect.getsource(Worker.close)
+def test_worker_start_jobs_is_the_check_and_take_our_script_repeats() -> None:
+    source = inspect.getsource(Worker.start_jobs)
+    for step in (
+        "await self.sem.acquire()",
+        "if self.job_counter >= self.max_jobs:",
+        "self.job_counter = self.job_counter + 1",
+        "await pipe.watch(in_progress_key)",
+        "ongoing_exists = await pipe.exists(in_progress_key)",
+        "score = await pipe.zscore(self.queue_name, job_id)",
+        "if ongoing_exists or not score or score > timestamp_ms():",
+        "pipe.psetex(in_progress_key, int(self.in_progress_timeout_s * 1000), b'1')",
+        "self.run_job(job_id, int(score))",
+        "t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())",
+    ):
+        assert step in source, step
+    assert list(inspect.signature(Worker.run_job).parameters) == ["self", "job_id", "score"]
+    release = inspect.getsource(Worker._release_sem_dec_counter_on_complete)
+    assert "self.job_counter = self.job_counter - 1" in release
+    assert "self.sem.release()" in release
+
+
+async def test_our_start_jobs_takes_a_due_job_once_and_never_a_deferred_one(
+    settings: Settings, arq_redis: ArqRedis, prefix: str,
+) -> None:
+    process = WorkerProcess(settings)
+    worker = process.worker
+    worker._pool = arq_redis
+    keys = Keys(prefix)
+    due, later = job_id(prefix, "call", 51), job_id(prefix, "call", 52)
+    await enqueue_many(arq_redis, keys.queue, [
+        ScheduledJob(PLACE_CALL, due, (51,), 1_000),
+        ScheduledJob(PLACE_CALL, later, (52,), 4_102_444_800_000),
+    ], expires_ms=60_000)
+    started: list[tuple[str, int]] = []
+
+    async def run_job(job_id: str, score: int) -> None:
+        started.append((job_id, score))
+
+    worker.run_job = run_job  # type: ignore[method-assign]
+    await worker.start_jobs([due.encode(), due.encode(), later.encode()])
+    await asyncio.gather(*worker.tasks.values())
+    assert started == [(due, 1_000)]  # taken once: its in-progress key stops the second
+    assert await arq_redis.pttl(arq_constants.in_progress_key_prefix + due) > 10_000
+    assert not await arq_redis.exists(arq_constants.in_progress_key_prefix + later)
+    assert worker.job_counter == 0  # every slot given back
+
+
+def test_worker_main_is_the_start_up_and_poll_loop_our_override_repeats() -> None:
+    source = inspect.getsource(Worker.main)
+    steps = [
+        "logger.info('Starting worker for %d functions: %s'",
+        "await log_redis_info(self.pool, logger.info)",
+        "self.ctx['redis'] = self.pool",
+        "await self.on_startup(self.ctx)",
+        "async for _ in poll(self.poll_delay_s):",
+        "await self._poll_iteration()",
+    ]
+    positions = [source.index(step) for step in steps]
+    assert positions == sorted(positions)
+    # Nothing else happens per poll outside burst mode (which the worker never uses).
+    loop_body = source[source.index("await self._poll_iteration()"):]
+    assert "if self.burst:" in loop_body
+    assert loop_body.count("await ") == 1 + loop_body[loop_body.index("if self.burst:"):].count(
+        "await ")
+    # Jobs start when their score is at most arq's timestamp_ms(): the clock we wake by.
+    assert "score > timestamp_ms()" in inspect.getsource(Worker.start_jobs)
+    assert "max=now" in inspect.getsource(Worker._poll_iteration)
+
+
 def test_after_job_end_runs_after_the_run_is_recorded_with_the_jobs_own_ctx() -> None:
     assert "after_job_end" in inspect.signature(Worker.__init__).parameters
     source = inspect.getsource(Worker.run_job)

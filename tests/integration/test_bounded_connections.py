@@ -106,3 +106,32 @@ async def test_a_single_connection_closes_within_its_bound_across_a_partition(
     assert took < BOUND_S + 1
     proxy.heal()
     await asyncio.sleep(0)
+
+
+async def test_a_pooled_statement_is_not_followed_by_a_reset_query(database_url: str) -> None:
+    pool = await db.create_pool(database_url, min_size=1, max_size=1, timeout_s=5)
+    try:
+        sent: list[str] = []
+        async with pool.acquire() as conn:
+            conn.add_query_logger(lambda record: sent.append(record.query))
+        await pool.fetchval("SELECT 1")
+        async with pool.acquire() as conn:
+            assert conn.get_reset_query()  # what asyncpg would have run after each statement
+        assert sent == ["SELECT 1"]
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_given_back_inside_a_transaction_is_rolled_back(
+    database_url: str,
+) -> None:
+    pool = await db.create_pool(database_url, min_size=1, max_size=1, timeout_s=5)
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("CREATE TEMP TABLE given_back (x int)")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.given_back')") is None
+    finally:
+        await pool.close()

@@ -185,11 +185,16 @@ async def test_a_running_worker_rings_calls_whose_jobs_redis_lost(
         return len(fake_twilio.creates()) >= 2
 
     await wait_for(two_placed, 10, "the first calls")
-    redis = worker.services.redis
-    doomed = [k async for k in redis.scan_iter(match=f"{job_key_prefix}{settings.redis_prefix}*")]
-    doomed += [k async for k in redis.scan_iter(
-        match=f"{in_progress_key_prefix}{settings.redis_prefix}*")]
-    await redis.delete(settings.redis_prefix + "queue", *doomed)
+    # Redis loses every job at one instant (one script): a scan, then a delete, would leave
+    # a job enqueued in between with its key but out of the queue, which no sweep repairs.
+    await worker.services.redis.eval(
+        """
+        local doomed = redis.call('KEYS', ARGV[1])
+        for _, key in ipairs(redis.call('KEYS', ARGV[2])) do table.insert(doomed, key) end
+        table.insert(doomed, KEYS[1])
+        return redis.call('DEL', unpack(doomed))
+        """, 1, settings.redis_prefix + "queue", f"{job_key_prefix}{settings.redis_prefix}*",
+        f"{in_progress_key_prefix}{settings.redis_prefix}*")
 
     async def all_completed() -> bool:
         rows = await db.list_calls(db_conn, alert_id="lost-jobs")
