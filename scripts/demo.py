@@ -6,8 +6,9 @@ Runs ``voicealert`` exactly as an operator would: migrate, set two groups, start
 process, fire the events, show them on the stream, wait for every call to end, print the
 calls, stop the worker with SIGTERM.
 
-- ``demo-oncall``, parallel: Alice answers and presses 1; Bob's phone is still ringing and is
-  hung up, Carol's call is canceled. The alert is acknowledged by Alice.
+- ``demo-oncall``, parallel: Alice answers and presses 1; the calls to Bob and Carol are hung
+  up, or canceled before they are placed, whichever the call rate makes them. The alert is
+  acknowledged by Alice.
 - ``demo-sequential``: an answering machine picks up Dave's phone. It is not an answer: the
   machine is hung up on and Erin is called; she presses 1.
 """
@@ -65,6 +66,18 @@ def calls_json(alert_id: str) -> list[dict[str, Any]]:
                          capture_output=True, text=True, check=True).stdout
     rows: list[dict[str, Any]] = json.loads(out)
     return rows
+
+
+def what_happened_to_the_others(alert_id: str) -> str:
+    """Bob's and Carol's calls as they ended: placed and then hung up, or never placed (the
+    call rate decides whether Alice's key comes before their turn)."""
+    parts = []
+    for call in calls_json(alert_id):
+        if call["member_name"] == "Alice":
+            continue
+        how = ("was hung up" if call["attempts"] else "was canceled before it was placed")
+        parts.append(f"{call['member_name']}'s call {how} ({call['status']})")
+    return "; ".join(parts)
 
 
 def show_entry(client: redis.Redis, prefix: str, entry_id: str) -> None:
@@ -131,7 +144,7 @@ def main() -> int:
         show_entry(client, prefix, entry)
         wait_until_ended(worker, log_path, {parallel: 3, sequential: 2})
         print(f"every call ended {time.monotonic() - started:.1f}s after the first event")
-        print("\nAlice pressed 1: Bob's ringing call was hung up, Carol's was canceled")
+        print(f"\nAlice pressed 1: {what_happened_to_the_others(parallel)}")
         run("calls", "--alert-id", parallel)
         run("alerts", "show", parallel)
         print("\nA machine answered Dave's phone: not an answer, so Erin was called; she "
