@@ -38,18 +38,31 @@ from arq.worker import logger as arq_logger
 from redis.commands.core import AsyncScript
 
 from worker import db, metrics
-from worker.calls import place_call
+from worker.calls import place_call, place_calls
 from worker.config import Settings, redact_url
 from worker.connections import open_redis
 from worker.dedup import DedupLock
 from worker.health import ReplicaBeat, beat_every_s, forget_replica, this_host, write_beat
 from worker.ingest import StreamConsumer
-from worker.jobs import IN_PROGRESS_MARGIN_S, JobFunction, after_job_end, call_job
+from worker.jobs import (
+    IN_PROGRESS_MARGIN_S,
+    ChunkFunction,
+    JobFunction,
+    after_job_end,
+    call_job,
+)
 from worker.keys import Keys, wake_channel
 from worker.logs import get_logger, job_scope
 from worker.metrics_http import start_metrics_server
 from worker.outages import REDIS_UNAVAILABLE
-from worker.outcomes import cancel_call, check_answer, poll_call, settle_call, start_round
+from worker.outcomes import (
+    cancel_call,
+    check_answer,
+    poll_call,
+    poll_calls,
+    settle_call,
+    start_round,
+)
 from worker.providers import CallProvider
 from worker.queue import (
     CANCEL_CALL,
@@ -106,8 +119,9 @@ def measured(name: str, job: WorkerCoroutine) -> WorkerCoroutine:
     return cast(WorkerCoroutine, wrapper)
 
 
-def _job(function: JobFunction, name: str) -> Any:
-    return func(measured(name, call_job(name, function)), name=name, max_tries=_MAX_JOB_TRIES)
+def _job(function: JobFunction, name: str, chunk: ChunkFunction | None = None) -> Any:
+    return func(measured(name, call_job(name, function, chunk)), name=name,
+                max_tries=_MAX_JOB_TRIES)
 
 
 def build_provider(settings: Settings, redis: ArqRedis, keys: Keys) -> CallProvider:
@@ -269,8 +283,8 @@ class WorkerProcess:
         self.metrics_server: Any = None
         self.worker = _DrainableWorker(
             functions=[
-                _job(place_call, PLACE_CALL),
-                _job(poll_call, POLL_CALL),
+                _job(place_call, PLACE_CALL, place_calls),
+                _job(poll_call, POLL_CALL, poll_calls),
                 _job(cancel_call, CANCEL_CALL),
                 _job(settle_call, SETTLE_CALL),
                 _job(check_answer, CHECK_ANSWER),

@@ -10,7 +10,9 @@ the lookup.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -18,7 +20,15 @@ from arq import Retry
 
 from worker import db, metrics
 from worker.dead_letters import call_letter
-from worker.jobs import holds_rate_slot, run_again_in
+from worker.jobs import (
+    call_ctx,
+    hand_off,
+    holds_rate_slot,
+    release_calls,
+    run_again_delay,
+    run_again_in,
+    take_calls,
+)
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
@@ -30,7 +40,8 @@ from worker.models import (
     LineClaim,
     StatusSource,
 )
-from worker.outcomes import after_line_change, record_provider_call, schedule_poll
+from worker.outages import DATABASE_UNAVAILABLE
+from worker.outcomes import after_line_change, record_provider_call, schedule_poll, schedule_polls
 from worker.providers import (
     AmbiguousProviderError,
     CallOptions,
@@ -39,9 +50,10 @@ from worker.providers import (
     ProviderError,
     ThrottledProviderError,
 )
+from worker.queue import PLACE_CALL
 from worker.retries import backoff_s
 from worker.services import Services
-from worker.twiml import alert_twiml, fits
+from worker.twiml import Speech, alert_twiml, fits
 from worker.webhook_urls import WebhookUrls
 
 log = get_logger(__name__)
@@ -60,7 +72,69 @@ LINE_STUCK_S = 900.0
 
 async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     s: Services = ctx["services"]
-    call = await db.get_call(s.db, call_id)
+    return await _place(ctx, s, call_id, await db.get_call(s.db, call_id))
+
+
+async def place_calls(ctx: dict[str, Any], chunk: list[Any]) -> str:
+    """A chunk of calls whose rate slots fall close together (``[call id, slot ms]`` each),
+    placed concurrently, each as its own ``place_call`` would (``_place``), after its own
+    slot; then followed by one poll job. What a call's run leaves to do (waiting for its
+    number, a retry, a failure) goes on in the call's own job (worker/jobs.py)."""
+    s: Services = ctx["services"]
+    slots = {int(cid): int(slot) for cid, slot in chunk}
+    taken = await take_calls(s, list(slots))
+    try:
+        calls = await db.get_calls(s.db, taken)
+        follow: list[int] = []
+        results = await asyncio.gather(*(
+            _place_one(ctx, s, cid, calls.get(cid), slots[cid], follow) for cid in taken))
+        await schedule_polls(s, follow)
+    finally:
+        await release_calls(s, taken)
+    outcomes = Counter(results)
+    return ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "none"
+
+
+async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None,
+                     slot_ms: int, follow: list[int]) -> str:
+    """One call of a chunk: at its slot (when the chunk runs at its slots), ``_place``; what
+    is left goes to the call's own job, as a single job's run would go on."""
+    holds_slot = holds_rate_slot(ctx)
+    own = call_ctx(ctx, holds_slot=holds_slot)
+    if holds_slot:
+        wait_s = slot_ms / 1000 - time.time()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)
+    try:
+        result = await _place(own, s, call_id, call, follow=follow)
+    except Retry as exc:  # as arq would run the job again: later, with what it held
+        await hand_off(s, PLACE_CALL, call_id, (exc.defer_score or 0) / 1000,
+                       at_slot=holds_slot)
+        return "retried"
+    except DATABASE_UNAVAILABLE as exc:
+        delay = backoff_s(1, base_s=0.5, cap_s=10.0)
+        log.warning("job.database_unavailable", job=PLACE_CALL, call=call_id,
+                    error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
+        await hand_off(s, PLACE_CALL, call_id, delay, at_slot=holds_slot)
+        return "retried"
+    except Exception as exc:  # as after_job_end puts a failed job back
+        delay = backoff_s(1, base_s=s.settings.retry_base_s, cap_s=s.settings.retry_cap_s)
+        log.error("job.failed", job=PLACE_CALL, call=call_id,
+                  error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        if await hand_off(s, PLACE_CALL, call_id, delay, failures=1, at_slot=False):
+            log.warning("job.rescheduled", job=PLACE_CALL, call=call_id, failures=1,
+                        retry_in_s=round(delay, 2))
+        return "failed"
+    again = run_again_delay(own)
+    if again is not None:
+        await hand_off(s, PLACE_CALL, call_id, again[0], at_slot=again[1])
+    return result
+
+
+async def _place(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None, *,
+                 follow: list[int] | None = None) -> str:
+    """``place_call`` of a call read already; ``follow``: where to put the calls placed,
+    to be followed together (else each gets its poll job)."""
     if call is None:
         log.warning("call.missing", call=call_id)
         return "missing"
@@ -90,7 +164,7 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
     if call.status == CallStatus.DIALING:
         found = await _look_up_previous_attempt(s, call)
         if found is not None:
-            await record_provider_call(s, call, found)
+            await record_provider_call(s, call, found, follow=follow)
             bound.warning("call.adopted", sid=found.sid, status=found.status)
             return "adopted"
     # Retries are bounded in number here and in total age by the stale check above (an alert
@@ -113,11 +187,11 @@ async def place_call(ctx: dict[str, Any], call_id: int) -> str:
             return "waiting"
         if claim.attempt is None:
             return "merged"
-        return await _dial(s, call, claim.attempt, claim.messages)
+        return await _dial(s, call, claim.attempt, claim.messages, follow=follow)
     retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
     if retried is None:
         return "not-dialable"
-    return await _dial(s, call, retried, await db.line_messages(s.db, call.id))
+    return await _dial(s, call, retried, await db.line_messages(s.db, call.id), follow=follow)
 
 
 async def _take_slot(ctx: dict[str, Any], s: Services, call: CallJob, *,
@@ -182,7 +256,8 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
     return None
 
 
-async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str]) -> str:
+async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str], *,
+                follow: list[int] | None = None) -> str:
     """POST the call (the attempt is recorded already); it speaks ``messages``, its own
     alert's and those of every call merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
@@ -209,7 +284,7 @@ async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str]) -
         raise Retry(defer=delay) from exc
     bound.info("call.placed", sid=placed.sid, status=placed.status, attempt=attempt,
                provider_ms=round((time.monotonic() - started) * 1000, 1))
-    await record_provider_call(s, call, placed)
+    await record_provider_call(s, call, placed, follow=follow)
     return "placed"
 
 
@@ -217,8 +292,15 @@ def call_twiml(s: Services, call_id: int, messages: list[str]) -> str:
     """What the call says: the alerts, inside a Gather whose action is the web process when
     it is public (press 1 to acknowledge), else said twice with nothing to press."""
     urls = s.settings.webhook_urls
-    return alert_twiml(messages, speech=s.settings.speech,
-                       gather_action=urls.gather(call_id) if urls else None)
+    return _twiml(tuple(messages), s.settings.speech,
+                  urls.gather(call_id) if urls else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _twiml(messages: tuple[str, ...], speech: Speech, gather_action: str | None) -> str:
+    # A fan-out's calls say the same thing (without a public URL, to the character): built
+    # once, not once per call.
+    return alert_twiml(messages, speech=speech, gather_action=gather_action)
 
 
 def call_options(s: Services, call_id: int) -> CallOptions:

@@ -648,6 +648,18 @@ async def line_alerts(db: Executor, call_id: int) -> list[int]:
     return [r["alert"] for r in rows]
 
 
+async def lines_alerts(db: Executor, call_ids: Sequence[int]) -> list[int]:
+    """``line_alerts`` of several calls at once."""
+    if not call_ids:
+        return []
+    rows = await db.fetch(
+        "SELECT DISTINCT alert FROM calls"
+        " WHERE id = ANY($1::bigint[]) OR merged_into = ANY($1::bigint[]) ORDER BY alert",
+        list(call_ids),
+    )
+    return [r["alert"] for r in rows]
+
+
 async def line_still_wanted(db: Executor, call_id: int) -> bool:
     """Whether a call (or one merged into it, or the call it was merged into) still speaks
     for an alert that is being called: then it must not be hung up for the others."""
@@ -676,22 +688,31 @@ async def line_messages(db: Executor, call_id: int) -> list[str]:
     return [r["message"] for r in rows]
 
 
-async def get_call(db: Executor, call_id: int) -> CallJob | None:
-    row = await db.fetchrow(
-        """
-        SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
-               c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
-               a.message, a.mode, a.status AS alert_status, a.received_at, c.answered_by,
-               c.acknowledged_at, c.merged_into, a.stream_id
-        FROM calls c JOIN alerts a ON a.id = c.alert
-        WHERE c.id = $1
-        """,
-        call_id,
-    )
-    if row is None:
-        return None
+_CALL_JOB = """
+    SELECT c.id, c.alert, c.position, c.member_name, c.phone, c.status, c.provider_sid,
+           c.attempts, c.attempt_started_at, c.created_at, a.alert_id, a.tenant,
+           a.message, a.mode, a.status AS alert_status, a.received_at, c.answered_by,
+           c.acknowledged_at, c.merged_into, a.stream_id
+    FROM calls c JOIN alerts a ON a.id = c.alert
+"""
+
+
+def _call_job(row: asyncpg.Record) -> CallJob:
     return CallJob(**{**dict(row), "status": CallStatus(row["status"]),
                       "alert_status": AlertStatus(row["alert_status"])})
+
+
+async def get_call(db: Executor, call_id: int) -> CallJob | None:
+    row = await db.fetchrow(_CALL_JOB + " WHERE c.id = $1", call_id)
+    return None if row is None else _call_job(row)
+
+
+async def get_calls(db: Executor, call_ids: Sequence[int]) -> dict[int, CallJob]:
+    """``get_call`` of several calls in one query (those that exist), by id."""
+    if not call_ids:
+        return {}
+    rows = await db.fetch(_CALL_JOB + " WHERE c.id = ANY($1::bigint[])", list(call_ids))
+    return {row["id"]: _call_job(row) for row in rows}
 
 
 async def start_attempt(db: Executor, call_id: int, source: StatusSource) -> int | None:

@@ -13,12 +13,15 @@ recomputed and a sequential alert moves on to its next member.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker import db, metrics
-from worker.jobs import run_again_in
+from worker.jobs import call_ctx, run_again_delay, run_again_in
 from worker.logs import bind_job, get_logger
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
@@ -36,8 +39,15 @@ from worker.models import (
     provider_status,
 )
 from worker.providers import PermanentProviderError, ProviderCall, ProviderError
-from worker.queue import CANCEL_CALL, POLL_CALL, START_ROUND
-from worker.services import Services
+from worker.queue import (
+    CANCEL_CALL,
+    POLL_CALL,
+    START_ROUND,
+    ScheduledJob,
+    chunk_job_id,
+    enqueue_many,
+)
+from worker.services import Services, job_expiry_ms
 from worker.twiml import voicemail_twiml
 
 log = get_logger(__name__)
@@ -70,9 +80,24 @@ async def schedule_poll(s: Services, call_id: int, delay_s: float | None = None)
     await s.schedule(POLL_CALL, "poll", call_id, delay_s)
 
 
-async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall) -> None:
-    """Attach the provider's call to our row, follow it, and cancel it if the alert was
-    resolved or acknowledged while we were dialing."""
+async def schedule_polls(s: Services, call_ids: list[int]) -> None:
+    """Follow calls placed together (a chunk): one poll job for all of them, at the cadence
+    of ``schedule_poll``."""
+    if len(call_ids) <= 1:
+        for call_id in call_ids:
+            await schedule_poll(s, call_id)
+        return
+    delay_s = safety_poll_s(s) if s.settings.callbacks else POLL_FIRST_S
+    job = ScheduledJob(POLL_CALL, chunk_job_id(s.keys.prefix, "polls", call_ids),
+                       (sorted(call_ids),), int((time.time() + delay_s) * 1000))
+    await enqueue_many(s.redis, s.keys.queue, [job], expires_ms=job_expiry_ms(s.settings))
+
+
+async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall, *,
+                               follow: list[int] | None = None) -> None:
+    """Attach the provider's call to our row, follow it (its own poll job, or appended to
+    ``follow`` to be polled with others), and cancel it if the alert was resolved or
+    acknowledged while we were dialing."""
     alert_status = await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed, StatusSource.WORKER)
     # Stopped before the sid was on record: the cancel job of the resolve or ack saw none
@@ -82,13 +107,33 @@ async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall)
             not await db.line_still_wanted(s.db, call.id)):
         await cancel_at_provider(s, call, placed.sid, StatusSource.CANCEL)
     if placed.status not in TERMINAL_CALL_STATUSES:
-        await schedule_poll(s, call.id)
+        if follow is None:
+            await schedule_poll(s, call.id)
+        else:
+            follow.append(call.id)
+
+
+@dataclass
+class Decisions:
+    """What calls polled together leave to decide: each alert once, after all of them
+    (an alert's decision reads all its calls: one per call would read a large alert's calls
+    once per call)."""
+
+    alerts: set[int] = field(default_factory=set)
+    lines: set[int] = field(default_factory=set)  # calls whose every alert is to decide
+
+    async def take(self, s: Services) -> None:
+        alerts = self.alerts | set(await db.lines_alerts(s.db, sorted(self.lines)))
+        for alert_pk in sorted(alerts):
+            await after_status_change(s, alert_pk)
 
 
 async def apply_status(
-    s: Services, call: CallJob, observed: ProviderCall, source: StatusSource
+    s: Services, call: CallJob, observed: ProviderCall, source: StatusSource, *,
+    decisions: Decisions | None = None,
 ) -> bool:
-    """The provider's word about a call: a keypress it reports, who answered, the status."""
+    """The provider's word about a call: a keypress it reports, who answered, the status;
+    what it means for the alerts is decided now, or left in ``decisions``."""
     if observed.digits == "1" and call.acknowledged_at is None:
         await acknowledge_from_provider(s, call)
     learned = bool(observed.answered_by) and await db.record_answered_by(
@@ -117,11 +162,16 @@ async def apply_status(
                 status=status, duration_s=observed.duration_s,
                 answered_by=observed.answered_by)
     if learned:
-        await after_line_change(s, call.id)
+        if decisions is None:
+            await after_line_change(s, call.id)
+        else:
+            decisions.lines.add(call.id)
     elif changed and status in DECISIVE_CALL_STATUSES:
         # Queued or ringing decides nothing (the call stays open and active); the alerts
         # come back from the update, not from reading the line again.
-        for alert_pk in alerts:
+        if decisions is not None:
+            decisions.alerts.update(alerts)
+        for alert_pk in alerts if decisions is None else ():
             await after_status_change(s, alert_pk)
     if learned and status == CallStatus.IN_PROGRESS and (
             observed.answered_by in MACHINE_ANSWERS):
@@ -271,7 +321,36 @@ async def settle_call(ctx: dict[str, Any], call_id: int) -> str:
 
 async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
     s: Services = ctx["services"]
-    call = await db.get_call(s.db, call_id)
+    return await _poll(ctx, s, await db.get_call(s.db, call_id))
+
+
+async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
+    """Calls placed together, polled together: each as its own ``poll_call`` would, in
+    one job that runs again, for the calls still to follow, as soon as the first of them
+    is due. A run that raised is run again whole (a poll is idempotent)."""
+    s: Services = ctx["services"]
+    ids = [int(cid) for cid in call_ids]
+    calls = await db.get_calls(s.db, ids)
+    owns = [call_ctx(ctx, holds_slot=True) for _ in ids]
+    decisions = Decisions()
+    results = await asyncio.gather(
+        *(_poll(own, s, calls.get(cid), decisions=decisions)
+          for own, cid in zip(owns, ids, strict=True)),
+        return_exceptions=True)
+    await decisions.take(s)  # before raising: what was applied is decided
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    again = [(cid, delay) for cid, own in zip(ids, owns, strict=True)
+             if (delay := run_again_delay(own)) is not None]
+    if again:
+        run_again_in(ctx, min(delay for _, (delay, _) in again),
+                     arg=[cid for cid, _ in again])
+    return f"{len(again)} following"
+
+
+async def _poll(ctx: dict[str, Any], s: Services, call: CallJob | None, *,
+                decisions: Decisions | None = None) -> str:
     if call is not None and call.merged_into is not None:
         return "merged"  # followed as part of the call it was merged into
     if call is not None and call.status in TERMINAL_CALL_STATUSES:
@@ -293,7 +372,7 @@ async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
         run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
         return "poll-failed"
-    await apply_status(s, call, observed, StatusSource.POLL)
+    await apply_status(s, call, observed, StatusSource.POLL, decisions=decisions)
     # An unknown word leaves the call where we last knew it (at least queued).
     status = provider_status(observed.status) or (
         call.status if call.status in LIVE_PROVIDER_STATUSES else CallStatus.QUEUED)

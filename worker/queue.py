@@ -48,7 +48,10 @@ def job_id(prefix: str, kind: str, call_id: int) -> str:
 #: job's kind names the status it settles (``settle-completed``), a round's its number
 #: (``round-2``).
 JOB_KINDS = {"call": PLACE_CALL, "poll": POLL_CALL, "cancel": CANCEL_CALL, "settle": SETTLE_CALL,
-             "answer": CHECK_ANSWER, "round": START_ROUND}
+             "answer": CHECK_ANSWER, "round": START_ROUND, "calls": PLACE_CALL, "polls": POLL_CALL}
+#: Chunk jobs (one job for several calls: ``chunk_job_id``) and the kind of job each of their
+#: calls would otherwise have.
+CHUNK_KINDS = {"calls": "call", "polls": "poll"}
 #: What the number in a job id is: a call id, except for the jobs about a whole alert.
 JOB_SUBJECTS = {START_ROUND: "alert"}
 
@@ -65,6 +68,47 @@ def parse_job_id(prefix: str, value: str) -> tuple[str, int] | None:
     if not value.startswith(prefix) or function is None or not call.isdigit():
         return None
     return function, int(call)
+
+
+def chunk_job_id(prefix: str, kind: str, call_ids: Sequence[int]) -> str:
+    """The id of a chunk job (``kind`` one of ``CHUNK_KINDS``): its calls, as runs of
+    consecutive ids (``calls:101-150,152``), so that what a queued chunk covers is read from
+    its id (``chunked_calls``), and the same chunk queued twice is one job."""
+    runs: list[str] = []
+    ids = sorted(set(call_ids))
+    start = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[i - 1] + 1:
+            first, last = ids[start], ids[i - 1]
+            runs.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return f"{prefix}{kind}:{','.join(runs)}"
+
+
+def chunk_calls(prefix: str, value: str) -> tuple[str, list[int]] | None:
+    """``(the kind its calls would otherwise have, call ids)`` of a chunk job id, or None."""
+    kind, _, spec = value.removeprefix(prefix).partition(":")
+    single = CHUNK_KINDS.get(kind)
+    if not value.startswith(prefix) or single is None:
+        return None
+    ids: list[int] = []
+    for run in spec.split(","):
+        first, _, last = run.partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            return None
+        ids += range(int(first), int(last or first) + 1)
+    return single, ids
+
+
+async def chunked_calls(redis: ArqRedis, queue: str, prefix: str) -> dict[str, set[int]]:
+    """The calls of the chunk jobs in ``queue`` (queued, deferred or running: arq removes a
+    job from its queue when the job ends), by the kind of job each would otherwise have."""
+    covered: dict[str, set[int]] = {single: set() for single in CHUNK_KINDS.values()}
+    for raw in await redis.zrange(queue, 0, -1):
+        found = chunk_calls(prefix, raw.decode() if isinstance(raw, bytes) else str(raw))
+        if found is not None:
+            covered[found[0]].update(found[1])
+    return covered
 
 
 async def live_jobs(redis: ArqRedis, job_ids: Sequence[str]) -> set[str]:

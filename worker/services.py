@@ -13,7 +13,7 @@ from worker.config import Settings
 from worker.dedup import DedupLock
 from worker.keys import Keys
 from worker.providers import CallProvider
-from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id
+from worker.queue import PLACE_CALL, ScheduledJob, chunk_job_id, enqueue_many, job_id
 from worker.ratelimit import RateLimiter
 
 
@@ -34,11 +34,38 @@ async def schedule_calls(
     keys = Keys(settings.redis_prefix)
     limiter = limiter or RateLimiter(redis, keys.rate_limit, settings.calls_per_second)
     slots = await limiter.reserve(len(call_ids), not_before_ms=not_before_ms)
-    jobs = [
-        ScheduledJob(PLACE_CALL, job_id(keys.prefix, "call", cid), (cid,), slot)
-        for cid, slot in zip(call_ids, slots, strict=True)
-    ]
+    jobs = [_place_job(keys.prefix, chunk) for chunk in call_chunks(call_ids, slots)]
     return await enqueue_many(redis, keys.queue, jobs, expires_ms=job_expiry_ms(settings))
+
+
+#: At most this many calls in one place_call job ...
+CHUNK_MAX = 50
+#: ... whose rate slots all fall within this many ms of the first (each call still waits for
+#: its own slot, in the job: at a low call rate every call is a job of its own).
+CHUNK_SPAN_MS = 50
+
+
+def call_chunks(call_ids: Sequence[int], slots: Sequence[int]) -> list[list[tuple[int, int]]]:
+    """Calls and their rate slots, in slot order, cut into the chunks one job places."""
+    chunks: list[list[tuple[int, int]]] = []
+    for pair in sorted(zip(call_ids, slots, strict=True), key=lambda p: p[1]):
+        chunk = chunks[-1] if chunks else None
+        if chunk and len(chunk) < CHUNK_MAX and pair[1] - chunk[0][1] <= CHUNK_SPAN_MS:
+            chunk.append(pair)
+        else:
+            chunks.append([pair])
+    return chunks
+
+
+def _place_job(prefix: str, chunk: list[tuple[int, int]]) -> ScheduledJob:
+    """One call: its place_call job, at its slot. Several: one place_call job for all of
+    them (a list of ``[call id, slot]``), at the first slot."""
+    if len(chunk) == 1:
+        (cid, slot), = chunk
+        return ScheduledJob(PLACE_CALL, job_id(prefix, "call", cid), (cid,), slot)
+    ids = [cid for cid, _ in chunk]
+    return ScheduledJob(PLACE_CALL, chunk_job_id(prefix, "calls", ids),
+                        ([[cid, slot] for cid, slot in chunk],), chunk[0][1])
 
 
 async def schedule_job(

@@ -17,8 +17,10 @@ re-creates what is missing:
 - an alert within its dedup window: its dedup lock, for what is left of it (``dedup_lock``).
 
 Which job should follow a call is decided in one place (``expected_job``), to extend when a
-new kind of work appears. Every repair is idempotent: job ids are call ids (an existing job
-is not queued twice) and decisions are recomputed from the rows. A row that changed within
+new kind of work appears; a call placed or followed by a chunk job (worker/jobs.py) has that
+job instead, read from the chunk's id in the queue (``queue.chunked_calls``). Every repair
+is idempotent: job ids are call ids (an existing job is not queued twice) and decisions are
+recomputed from the rows. A row that changed within
 the last seconds may have its job about to be queued (rows are written, then jobs), and a
 ``dialing`` call within a job's in-progress lifetime may be dialing on a replica right now
 (a second run could POST again): those wait for a later sweep.
@@ -41,7 +43,7 @@ from worker.logs import get_logger
 from worker.models import CallStatus, OpenAlert, UnfinishedCall
 from worker.outages import DATABASE_UNAVAILABLE, REDIS_UNAVAILABLE
 from worker.outcomes import after_status_change
-from worker.queue import POLL_CALL, START_ROUND, job_id, live_jobs
+from worker.queue import POLL_CALL, START_ROUND, chunked_calls, job_id, live_jobs
 from worker.services import Services
 
 log = get_logger(__name__)
@@ -129,7 +131,10 @@ class Sweeper:
             if kind is not None and call.idle_s >= settled_after_s(call, timeout):
                 wanted[job_id(self.s.keys.prefix, kind, call.id)] = (kind, call)
         live = await live_jobs(self.s.redis, list(wanted))
-        lost = [item for jid, item in wanted.items() if jid not in live]
+        # A call of a chunk job (placed or followed with others) has no job of its own.
+        chunked = await self._chunked() if len(live) < len(wanted) else {}
+        lost = [item for jid, item in wanted.items()
+                if jid not in live and item[1].id not in chunked.get(item[0], ())]
         to_place = [call.id for kind, call in lost if kind == "call"]
         if to_place:
             await self.s.schedule_calls(to_place)
@@ -151,9 +156,13 @@ class Sweeper:
                     repaired["round"] += 1
                 continue
             pending = [job_id(self.s.keys.prefix, "call", c) for c in alert.pending]
-            if not await live_jobs(self.s.redis, pending):
+            if not await live_jobs(self.s.redis, pending) and not (
+                    set(alert.pending) & (await self._chunked())["call"]):
                 await after_status_change(self.s, alert.id)
                 repaired["decide"] += 1
+
+    async def _chunked(self) -> dict[str, set[int]]:
+        return await chunked_calls(self.s.redis, self.s.keys.queue, self.s.keys.prefix)
 
     async def _round_lost(self, alert: OpenAlert) -> bool:
         jid = job_id(self.s.keys.prefix, f"round-{alert.round + 1}", alert.id)

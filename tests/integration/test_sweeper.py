@@ -29,7 +29,7 @@ from worker.models import (
     StatusSource,
     UnfinishedCall,
 )
-from worker.queue import job_id, live_jobs
+from worker.queue import chunked_calls, job_id, live_jobs
 from worker.services import Services
 from worker.sweeper import Sweeper, expected_job
 
@@ -63,8 +63,11 @@ async def stored(conn: asyncpg.Connection, alert_id: str, mode: str = "parallel"
 
 
 async def jobs(s: Services, kind: str, ids: list[int]) -> set[int]:
+    """Which of these calls have a job of ``kind``: their own, or a chunk's."""
     ids_by_job = {job_id(s.keys.prefix, kind, i): i for i in ids}
-    return {ids_by_job[j] for j in await live_jobs(s.redis, list(ids_by_job))}
+    own = {ids_by_job[j] for j in await live_jobs(s.redis, list(ids_by_job))}
+    chunked = await chunked_calls(s.redis, s.keys.queue, s.keys.prefix)
+    return own | (chunked.get(kind, set()) & set(ids))
 
 
 def test_which_job_follows_which_call() -> None:
