@@ -85,9 +85,15 @@ async def place_calls(ctx: dict[str, Any], chunk: list[Any]) -> str:
     taken = await take_calls(s, list(slots))
     try:
         calls = await db.get_calls(s.db, taken)
+        # Claimed together (a call that is not simply free is claimed alone, as it would be).
+        claims = await _claim_lines(s, [
+            call for cid in taken
+            if (call := calls.get(cid)) is not None and _claimable(s, call)
+        ]) if holds_rate_slot(ctx) else {}
         follow: list[int] = []
         results = await asyncio.gather(*(
-            _place_one(ctx, s, cid, calls.get(cid), slots[cid], follow) for cid in taken))
+            _place_one(ctx, s, cid, calls.get(cid), slots[cid], follow, claims.get(cid))
+            for cid in taken))
         await schedule_polls(s, follow)
     finally:
         await release_calls(s, taken)
@@ -95,8 +101,28 @@ async def place_calls(ctx: dict[str, Any], chunk: list[Any]) -> str:
     return ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items())) or "none"
 
 
+def _claimable(s: Services, call: CallJob) -> bool:
+    """Whether ``_place`` would claim this call's number now (at its slot)."""
+    return (call.status == CallStatus.PENDING and call.merged_into is None
+            and call.provider_sid is None
+            and call.alert_status not in CALLING_STOPPED_ALERT_STATUSES
+            and datetime.now(UTC) - call.received_at
+            <= timedelta(seconds=s.settings.max_call_age_s - 1)
+            and call.attempts < s.settings.max_call_attempts)
+
+
+async def _claim_lines(s: Services, calls: list[CallJob]) -> dict[int, LineClaim]:
+    if not calls:
+        return {}
+    async with s.db.acquire() as conn:
+        return await db.claim_lines(
+            conn, [call.id for call in calls], window_s=s.settings.merge_window_s,
+            stuck_s=LINE_STUCK_S, max_age_s=s.settings.max_call_age_s,
+            source=StatusSource.WORKER)
+
+
 async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None,
-                     slot_ms: int, follow: list[int]) -> str:
+                     slot_ms: int, follow: list[int], claim: LineClaim | None) -> str:
     """One call of a chunk: at its slot (when the chunk runs at its slots), ``_place``; what
     is left goes to the call's own job, as a single job's run would go on."""
     holds_slot = holds_rate_slot(ctx)
@@ -106,7 +132,7 @@ async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJ
         if wait_s > 0:
             await asyncio.sleep(wait_s)
     try:
-        result = await _place(own, s, call_id, call, follow=follow)
+        result = await _place(own, s, call_id, call, follow=follow, claimed=claim)
     except Retry as exc:  # as arq would run the job again: later, with what it held
         await hand_off(s, PLACE_CALL, call_id, (exc.defer_score or 0) / 1000,
                        at_slot=holds_slot)
@@ -132,9 +158,10 @@ async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJ
 
 
 async def _place(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None, *,
-                 follow: list[int] | None = None) -> str:
+                 follow: list[int] | None = None, claimed: LineClaim | None = None) -> str:
     """``place_call`` of a call read already; ``follow``: where to put the calls placed,
-    to be followed together (else each gets its poll job)."""
+    to be followed together (else each gets its poll job); ``claimed``: its number claimed
+    already (``db.claim_lines``)."""
     if call is None:
         log.warning("call.missing", call=call_id)
         return "missing"
@@ -178,7 +205,7 @@ async def _place(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob |
             ctx, s, call, check_line=call.status == CallStatus.PENDING):
         return "waiting"
     if call.status == CallStatus.PENDING:
-        claim = await _claim_line(s, call)
+        claim = claimed or await _claim_line(s, call)
         if claim.kind in ("busy", "window"):
             # Looked at again soon: the number is being called, or other alerts may still
             # come and be spoken in the same call. That run is not at a rate slot.
