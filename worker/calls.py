@@ -41,7 +41,13 @@ from worker.models import (
     StatusSource,
 )
 from worker.outages import DATABASE_UNAVAILABLE
-from worker.outcomes import after_line_change, record_provider_call, schedule_poll, schedule_polls
+from worker.outcomes import (
+    after_line_change,
+    record_provider_call,
+    record_provider_calls,
+    schedule_poll,
+    schedule_polls,
+)
 from worker.providers import (
     AmbiguousProviderError,
     CallOptions,
@@ -91,9 +97,14 @@ async def place_calls(ctx: dict[str, Any], chunk: list[Any]) -> str:
             if (call := calls.get(cid)) is not None and _claimable(s, call)
         ]) if holds_rate_slot(ctx) else {}
         follow: list[int] = []
+        created: list[tuple[CallJob, ProviderCall]] = []
         results = await asyncio.gather(*(
-            _place_one(ctx, s, cid, calls.get(cid), slots[cid], follow, claims.get(cid))
+            _place_one(ctx, s, cid, calls.get(cid), slots[cid], follow, claims.get(cid),
+                       created)
             for cid in taken))
+        # The calls created are on record from their attempt (a crash now: the sweeper's
+        # run of their own job finds them at the provider); their sids, together.
+        await record_provider_calls(s, created, follow)
         await schedule_polls(s, follow)
     finally:
         await release_calls(s, taken)
@@ -122,7 +133,8 @@ async def _claim_lines(s: Services, calls: list[CallJob]) -> dict[int, LineClaim
 
 
 async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None,
-                     slot_ms: int, follow: list[int], claim: LineClaim | None) -> str:
+                     slot_ms: int, follow: list[int], claim: LineClaim | None,
+                     created: list[tuple[CallJob, ProviderCall]]) -> str:
     """One call of a chunk: at its slot (when the chunk runs at its slots), ``_place``; what
     is left goes to the call's own job, as a single job's run would go on."""
     holds_slot = holds_rate_slot(ctx)
@@ -132,7 +144,8 @@ async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJ
         if wait_s > 0:
             await asyncio.sleep(wait_s)
     try:
-        result = await _place(own, s, call_id, call, follow=follow, claimed=claim)
+        result = await _place(own, s, call_id, call, follow=follow, claimed=claim,
+                              created=created)
     except Retry as exc:  # as arq would run the job again: later, with what it held
         await hand_off(s, PLACE_CALL, call_id, (exc.defer_score or 0) / 1000,
                        at_slot=holds_slot)
@@ -158,10 +171,12 @@ async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJ
 
 
 async def _place(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob | None, *,
-                 follow: list[int] | None = None, claimed: LineClaim | None = None) -> str:
+                 follow: list[int] | None = None, claimed: LineClaim | None = None,
+                 created: list[tuple[CallJob, ProviderCall]] | None = None) -> str:
     """``place_call`` of a call read already; ``follow``: where to put the calls placed,
     to be followed together (else each gets its poll job); ``claimed``: its number claimed
-    already (``db.claim_lines``)."""
+    already (``db.claim_lines``); ``created``: where to put the calls the provider created,
+    to be recorded together (``record_provider_calls``; else each is recorded at once)."""
     if call is None:
         log.warning("call.missing", call=call_id)
         return "missing"
@@ -214,11 +229,13 @@ async def _place(ctx: dict[str, Any], s: Services, call_id: int, call: CallJob |
             return "waiting"
         if claim.attempt is None:
             return "merged"
-        return await _dial(s, call, claim.attempt, claim.messages, follow=follow)
+        return await _dial(s, call, claim.attempt, claim.messages, follow=follow,
+                           created=created)
     retried = await db.start_attempt(s.db, call.id, StatusSource.WORKER)
     if retried is None:
         return "not-dialable"
-    return await _dial(s, call, retried, await db.line_messages(s.db, call.id), follow=follow)
+    return await _dial(s, call, retried, await db.line_messages(s.db, call.id), follow=follow,
+                       created=created)
 
 
 async def _take_slot(ctx: dict[str, Any], s: Services, call: CallJob, *,
@@ -284,7 +301,8 @@ async def _look_up_previous_attempt(s: Services, call: CallJob) -> ProviderCall 
 
 
 async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str], *,
-                follow: list[int] | None = None) -> str:
+                follow: list[int] | None = None,
+                created: list[tuple[CallJob, ProviderCall]] | None = None) -> str:
     """POST the call (the attempt is recorded already); it speaks ``messages``, its own
     alert's and those of every call merged in."""
     bound = log.bind(call=call.id, alert=call.alert, alert_id=call.alert_id)
@@ -311,7 +329,10 @@ async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str], *
         raise Retry(defer=delay) from exc
     bound.info("call.placed", sid=placed.sid, status=placed.status, attempt=attempt,
                provider_ms=round((time.monotonic() - started) * 1000, 1))
-    await record_provider_call(s, call, placed, follow=follow)
+    if created is not None:
+        created.append((call, placed))
+    else:
+        await record_provider_call(s, call, placed, follow=follow)
     return "placed"
 
 

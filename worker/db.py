@@ -989,6 +989,55 @@ async def record_provider_sid(db: Executor, call_id: int, sid: str) -> AlertStat
     return AlertStatus(status) if status is not None else None
 
 
+async def record_placed_calls(
+    db: Executor, placed: Sequence[tuple[int, str, str]], source: StatusSource
+) -> dict[int, tuple[AlertStatus, list[int]]]:
+    """``record_provider_sid`` then ``advance_line`` for several calls the provider just
+    created (call id, sid, status in our vocabulary), in one statement: the sid attached to
+    each call and the rows merged into it, the status moved forward where it is behind (a
+    call event each). Returns, per call, its alert's status (resolved or acknowledged while
+    dialing?) and the alerts whose calls changed."""
+    if not placed:
+        return {}
+    rows = await db.fetch(
+        """
+        WITH input AS (
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS i(id, sid, status)
+        ), line AS (
+            -- Locked first, so that the rank compared is the row's latest.
+            SELECT c.id AS row_id, i.id AS lead, i.sid, i.status,
+                   call_status_rank(c.status) < call_status_rank(i.status) AS advancing,
+                   c.provider_sid IS NULL AS unattached
+            FROM input i JOIN calls c ON c.id = i.id OR c.merged_into = i.id
+            FOR UPDATE OF c
+        ), updated AS (
+            UPDATE calls c SET
+                provider_sid = coalesce(c.provider_sid, l.sid),
+                status = CASE WHEN l.advancing THEN l.status ELSE c.status END,
+                updated_at = CASE WHEN l.advancing OR l.unattached THEN now()
+                                  ELSE c.updated_at END,
+                ended_at = CASE WHEN l.advancing AND call_status_rank(l.status) = 5 THEN now()
+                                ELSE c.ended_at END
+            FROM line l
+            WHERE c.id = l.row_id AND (l.advancing OR l.unattached)
+            RETURNING c.id, c.status, c.alert, l.lead, l.advancing
+        ), recorded AS (
+            INSERT INTO call_events (call, status, source)
+            SELECT id, status, $4 FROM updated WHERE advancing ORDER BY id
+        )
+        SELECT i.id, a.status AS alert_status,
+               coalesce((SELECT array_agg(DISTINCT u.alert ORDER BY u.alert) FROM updated u
+                         WHERE u.lead = i.id AND u.advancing), '{}') AS changed
+        FROM input i JOIN calls c ON c.id = i.id JOIN alerts a ON a.id = c.alert
+        """,
+        [call_id for call_id, _, _ in placed],
+        [sid for _, sid, _ in placed],
+        [status for _, _, status in placed],
+        source,
+    )
+    return {row["id"]: (AlertStatus(row["alert_status"]), list(row["changed"])) for row in rows}
+
+
 async def alert_progress(
     db: Executor, alert_pk: int, *, detection: bool = False
 ) -> AlertProgress | None:

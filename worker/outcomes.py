@@ -100,6 +100,11 @@ async def record_provider_call(s: Services, call: CallJob, placed: ProviderCall,
     acknowledged while we were dialing."""
     alert_status = await db.record_provider_sid(s.db, call.id, placed.sid)
     await apply_status(s, call, placed, StatusSource.WORKER)
+    await _after_recorded(s, call, placed, alert_status, follow)
+
+
+async def _after_recorded(s: Services, call: CallJob, placed: ProviderCall,
+                          alert_status: AlertStatus | None, follow: list[int] | None) -> None:
     # Stopped before the sid was on record: the cancel job of the resolve or ack saw none
     # (stopped after: that job finds the sid and cancels).
     stopped = alert_status in CALLING_STOPPED_ALERT_STATUSES
@@ -128,6 +133,31 @@ class Decisions:
             await after_status_change(s, alert_pk)
 
 
+async def record_provider_calls(
+    s: Services, placed: list[tuple[CallJob, ProviderCall]], follow: list[int]
+) -> None:
+    """``record_provider_call`` for calls a chunk placed, recorded in one statement when
+    the provider said no more than a status we know (as it does when it creates a call);
+    the calls to follow are appended to ``follow``."""
+    simple = [(call, observed) for call, observed in placed
+              if observed.digits is None and not observed.answered_by
+              and provider_status(observed.status) is not None]
+    for call, observed in placed:
+        if (call, observed) not in simple:
+            await record_provider_call(s, call, observed, follow=follow)
+    recorded = await db.record_placed_calls(
+        s.db, [(call.id, observed.sid, str(provider_status(observed.status)))
+               for call, observed in simple], StatusSource.WORKER)
+    for call, observed in simple:
+        found = recorded.get(call.id)
+        if found is None:
+            continue  # the row is gone
+        alert_status, alerts = found
+        status = provider_status(observed.status) or CallStatus.QUEUED
+        await _after_advance(s, call, observed, status, alerts, learned=False)
+        await _after_recorded(s, call, observed, alert_status, follow)
+
+
 async def apply_status(
     s: Services, call: CallJob, observed: ProviderCall, source: StatusSource, *,
     decisions: Decisions | None = None,
@@ -153,6 +183,16 @@ async def apply_status(
         duration_s=observed.duration_s,
         answered_by=observed.answered_by,
     ))
+    return await _after_advance(s, call, observed, status, alerts, learned=learned,
+                                decisions=decisions)
+
+
+async def _after_advance(
+    s: Services, call: CallJob, observed: ProviderCall, status: CallStatus, alerts: list[int],
+    *, learned: bool, decisions: Decisions | None = None,
+) -> bool:
+    """What a status update that changed ``alerts`` (their calls) means: counted, logged,
+    decided (now or in ``decisions``), a machine dealt with."""
     changed = bool(alerts)
     if changed:
         metrics.call_ended(status, observed.answered_by)
