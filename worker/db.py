@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -989,53 +990,75 @@ async def record_provider_sid(db: Executor, call_id: int, sid: str) -> AlertStat
     return AlertStatus(status) if status is not None else None
 
 
-async def record_placed_calls(
-    db: Executor, placed: Sequence[tuple[int, str, str]], source: StatusSource
-) -> dict[int, tuple[AlertStatus, list[int]]]:
-    """``record_provider_sid`` then ``advance_line`` for several calls the provider just
-    created (call id, sid, status in our vocabulary), in one statement: the sid attached to
-    each call and the rows merged into it, the status moved forward where it is behind (a
-    call event each). Returns, per call, its alert's status (resolved or acknowledged while
-    dialing?) and the alerts whose calls changed."""
-    if not placed:
+class Observation(NamedTuple):
+    """What the provider said about a call (``record_observed_calls``)."""
+
+    call_id: int
+    sid: str
+    status: str  # in our vocabulary
+    answered_by: str | None = None
+    duration_s: int | None = None
+
+
+async def record_observed_calls(
+    db: Executor, observed: Sequence[Observation], source: StatusSource
+) -> dict[int, tuple[AlertStatus, list[int], bool]]:
+    """What the provider said about several calls, in one statement, as
+    ``record_provider_sid`` (a call just created), ``record_answered_by`` and
+    ``advance_line`` would each record it: for each call and the rows merged into it, the
+    sid attached, who answered (the first word kept, unless the status moves), the status
+    moved forward where it is behind (a call event each), with the duration. Returns, per
+    call, its alert's status (resolved or acknowledged while dialing?), the alerts whose
+    calls changed, and whether who answered was learned now."""
+    if not observed:
         return {}
     rows = await db.fetch(
         """
         WITH input AS (
-            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[]) AS i(id, sid, status)
+            SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::int[])
+                AS i(id, sid, status, answered_by, duration_s)
         ), line AS (
-            -- Locked first, so that the rank compared is the row's latest.
-            SELECT c.id AS row_id, i.id AS lead, i.sid, i.status,
+            -- Locked first, so that what is compared is the row's latest.
+            SELECT c.id AS row_id, i.id AS lead, i.sid, i.status, i.answered_by, i.duration_s,
                    call_status_rank(c.status) < call_status_rank(i.status) AS advancing,
-                   c.provider_sid IS NULL AS unattached
+                   c.provider_sid IS NULL AS unattached,
+                   i.answered_by IS NOT NULL AND c.answered_by IS NULL AS answering
             FROM input i JOIN calls c ON c.id = i.id OR c.merged_into = i.id
+            ORDER BY c.id
             FOR UPDATE OF c
         ), updated AS (
             UPDATE calls c SET
                 provider_sid = coalesce(c.provider_sid, l.sid),
+                answered_by = CASE WHEN l.advancing THEN coalesce(l.answered_by, c.answered_by)
+                                   ELSE coalesce(c.answered_by, l.answered_by) END,
                 status = CASE WHEN l.advancing THEN l.status ELSE c.status END,
-                updated_at = CASE WHEN l.advancing OR l.unattached THEN now()
-                                  ELSE c.updated_at END,
+                duration_s = CASE WHEN l.advancing THEN coalesce(l.duration_s, c.duration_s)
+                                  ELSE c.duration_s END,
+                updated_at = now(),
                 ended_at = CASE WHEN l.advancing AND call_status_rank(l.status) = 5 THEN now()
                                 ELSE c.ended_at END
             FROM line l
-            WHERE c.id = l.row_id AND (l.advancing OR l.unattached)
-            RETURNING c.id, c.status, c.alert, l.lead, l.advancing
+            WHERE c.id = l.row_id AND (l.advancing OR l.unattached OR l.answering)
+            RETURNING c.id, c.status, c.alert, l.lead, l.advancing, l.answering
         ), recorded AS (
             INSERT INTO call_events (call, status, source)
-            SELECT id, status, $4 FROM updated WHERE advancing ORDER BY id
+            SELECT id, status, $6 FROM updated WHERE advancing ORDER BY id
         )
         SELECT i.id, a.status AS alert_status,
                coalesce((SELECT array_agg(DISTINCT u.alert ORDER BY u.alert) FROM updated u
-                         WHERE u.lead = i.id AND u.advancing), '{}') AS changed
+                         WHERE u.lead = i.id AND u.advancing), '{}') AS changed,
+               EXISTS (SELECT 1 FROM updated u WHERE u.lead = i.id AND u.answering) AS learned
         FROM input i JOIN calls c ON c.id = i.id JOIN alerts a ON a.id = c.alert
         """,
-        [call_id for call_id, _, _ in placed],
-        [sid for _, sid, _ in placed],
-        [status for _, _, status in placed],
+        [o.call_id for o in observed],
+        [o.sid for o in observed],
+        [o.status for o in observed],
+        [o.answered_by for o in observed],
+        [o.duration_s for o in observed],
         source,
     )
-    return {row["id"]: (AlertStatus(row["alert_status"]), list(row["changed"])) for row in rows}
+    return {row["id"]: (AlertStatus(row["alert_status"]), list(row["changed"]),
+                        bool(row["learned"])) for row in rows}
 
 
 async def alert_progress(

@@ -140,19 +140,17 @@ async def record_provider_calls(
     the provider said no more than a status we know (as it does when it creates a call);
     the calls to follow are appended to ``follow``."""
     simple = [(call, observed) for call, observed in placed
-              if observed.digits is None and not observed.answered_by
-              and provider_status(observed.status) is not None]
+              if _simple(observed) and not observed.answered_by]
     for call, observed in placed:
         if (call, observed) not in simple:
             await record_provider_call(s, call, observed, follow=follow)
-    recorded = await db.record_placed_calls(
-        s.db, [(call.id, observed.sid, str(provider_status(observed.status)))
-               for call, observed in simple], StatusSource.WORKER)
+    recorded = await db.record_observed_calls(
+        s.db, [_observation(call, observed) for call, observed in simple], StatusSource.WORKER)
     for call, observed in simple:
         found = recorded.get(call.id)
         if found is None:
             continue  # the row is gone
-        alert_status, alerts = found
+        alert_status, alerts, _ = found
         status = provider_status(observed.status) or CallStatus.QUEUED
         await _after_advance(s, call, observed, status, alerts, learned=False)
         await _after_recorded(s, call, observed, alert_status, follow)
@@ -359,26 +357,31 @@ async def settle_call(ctx: dict[str, Any], call_id: int) -> str:
     return "settled"
 
 
-async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
-    s: Services = ctx["services"]
-    return await _poll(ctx, s, await db.get_call(s.db, call_id))
-
-
 async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
     """Calls placed together, polled together: each as its own ``poll_call`` would, in
     one job that runs again, for the calls still to follow, as soon as the first of them
-    is due. A run that raised is run again whole (a poll is idempotent)."""
+    is due; what the provider said about them recorded together (``apply_statuses``). A
+    run that raised is run again whole (a poll is idempotent)."""
     s: Services = ctx["services"]
     ids = [int(cid) for cid in call_ids]
     calls = await db.get_calls(s.db, ids)
     owns = [call_ctx(ctx, holds_slot=True) for _ in ids]
     decisions = Decisions()
-    results = await asyncio.gather(
-        *(_poll(own, s, calls.get(cid), decisions=decisions)
-          for own, cid in zip(owns, ids, strict=True)),
-        return_exceptions=True)
-    await decisions.take(s)  # before raising: what was applied is decided
-    for result in results:
+    try:
+        fetched = await asyncio.gather(
+            *(_fetch(own, s, calls.get(cid)) for own, cid in zip(owns, ids, strict=True)),
+            return_exceptions=True)
+        observed = [(own, calls[cid], found)
+                    for own, cid, found in zip(owns, ids, fetched, strict=True)
+                    if isinstance(found, ProviderCall)]
+        await apply_statuses(s, [(call, found) for _, call, found in observed],
+                             StatusSource.POLL, decisions)
+        followed = await asyncio.gather(
+            *(_after_poll(own, s, call, found) for own, call, found in observed),
+            return_exceptions=True)
+    finally:
+        await decisions.take(s)  # what was applied is decided, whatever raised
+    for result in (*fetched, *followed):
         if isinstance(result, BaseException):
             raise result
     again = [(cid, delay) for cid, own in zip(ids, owns, strict=True)
@@ -389,8 +392,48 @@ async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
     return f"{len(again)} following"
 
 
-async def _poll(ctx: dict[str, Any], s: Services, call: CallJob | None, *,
-                decisions: Decisions | None = None) -> str:
+async def apply_statuses(s: Services, observed: list[tuple[CallJob, ProviderCall]],
+                         source: StatusSource, decisions: Decisions) -> None:
+    """``apply_status`` for several calls: what the provider said recorded in one statement
+    when it is a status we know, with who answered and how long (``db.record_observed_calls``);
+    a keypress or a word we do not know goes through ``apply_status``."""
+    simple = [(call, found) for call, found in observed if _simple(found)]
+    for call, found in observed:
+        if not _simple(found):
+            await apply_status(s, call, found, source, decisions=decisions)
+    recorded = await db.record_observed_calls(
+        s.db, [_observation(call, found) for call, found in simple], source)
+    for call, found in simple:
+        if call.id in recorded:
+            _, alerts, learned = recorded[call.id]
+            await _after_advance(s, call, found, provider_status(found.status)
+                                 or CallStatus.QUEUED, alerts, learned=learned,
+                                 decisions=decisions)
+
+
+def _simple(observed: ProviderCall) -> bool:
+    return observed.digits is None and provider_status(observed.status) is not None
+
+
+def _observation(call: CallJob, observed: ProviderCall) -> db.Observation:
+    return db.Observation(call.id, observed.sid, str(provider_status(observed.status)),
+                          observed.answered_by, observed.duration_s)
+
+
+async def poll_call(ctx: dict[str, Any], call_id: int) -> str:
+    s: Services = ctx["services"]
+    call = await db.get_call(s.db, call_id)
+    found = await _fetch(ctx, s, call)
+    if not isinstance(found, ProviderCall):
+        return found
+    assert call is not None
+    await apply_status(s, call, found, StatusSource.POLL)
+    return await _after_poll(ctx, s, call, found)
+
+
+async def _fetch(ctx: dict[str, Any], s: Services, call: CallJob | None) -> ProviderCall | str:
+    """A poll's look at the provider: what it says about the call, or why there is nothing
+    more to do this round (the job's result)."""
     if call is not None and call.merged_into is not None:
         return "merged"  # followed as part of the call it was merged into
     if call is not None and call.status in TERMINAL_CALL_STATUSES:
@@ -401,18 +444,27 @@ async def _poll(ctx: dict[str, Any], s: Services, call: CallJob | None, *,
     if call is None or call.provider_sid is None:
         return "nothing-to-follow"
     bind_job(alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
-    started = call.attempt_started_at or call.created_at
-    age = datetime.now(UTC) - started
     try:
-        observed = await s.provider.fetch_call(call.provider_sid)
+        return await s.provider.fetch_call(call.provider_sid)
     except PermanentProviderError as exc:
         await _end_unknown(s, call, f"provider cannot find the call: {exc}")
         return "lost"
     except ProviderError as exc:
         log.warning("call.poll_failed", call=call.id, error=str(exc))
-        run_again_in(ctx, _next_poll_s(s, age.total_seconds()))
+        run_again_in(ctx, _next_poll_s(s, _age(call).total_seconds()))
         return "poll-failed"
-    await apply_status(s, call, observed, StatusSource.POLL, decisions=decisions)
+
+
+def _age(call: CallJob) -> timedelta:
+    return datetime.now(UTC) - (call.attempt_started_at or call.created_at)
+
+
+async def _after_poll(ctx: dict[str, Any], s: Services, call: CallJob,
+                      observed: ProviderCall) -> str:
+    """After what the provider said is applied: a call to hang up, one that took too long,
+    or the next poll."""
+    assert call.provider_sid is not None
+    age = _age(call)
     # An unknown word leaves the call where we last knew it (at least queued).
     status = provider_status(observed.status) or (
         call.status if call.status in LIVE_PROVIDER_STATUSES else CallStatus.QUEUED)
