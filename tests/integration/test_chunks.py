@@ -157,3 +157,37 @@ async def test_two_calls_of_a_chunk_to_one_number_ring_one_at_a_time(
     payload = json_deserializer(raw)
     assert payload["a"] == [waiting]
     assert payload["k"] == {"slot": False}
+
+
+async def test_what_the_provider_said_about_several_calls_is_recorded_as_one_at_a_time_would(
+    db_conn: asyncpg.Connection,
+) -> None:
+    first, second, merged = await stored(db_conn, "observed", PHONES[:3])
+    for call_id in (first, second):
+        await db.start_attempt(db_conn, call_id, StatusSource.WORKER)
+    await db_conn.execute("UPDATE calls SET merged_into = $1, status = 'dialing' WHERE id = $2",
+                          second, merged)
+    [alert] = await db_conn.fetch("SELECT id FROM alerts WHERE alert_id = 'observed'")
+    recorded = await db.record_observed_calls(db_conn, [
+        db.Observation(first, "CA1", CallStatus.QUEUED),
+        db.Observation(second, "CA2", CallStatus.IN_PROGRESS, "human"),
+    ], StatusSource.POLL)
+    assert recorded == {first: (AlertStatus.CALLING, [alert["id"]], False),
+                        second: (AlertStatus.CALLING, [alert["id"]], True)}
+    rows = {r["id"]: r for r in await db_conn.fetch(
+        "SELECT id, status, provider_sid, answered_by FROM calls")}
+    assert (rows[first]["status"], rows[first]["provider_sid"]) == ("queued", "CA1")
+    for call_id in (second, merged):  # the merged row moves with its call
+        assert tuple(rows[call_id].values())[1:] == ("in-progress", "CA2", "human")
+        assert [e.status for e in await db.call_events(db_conn, call_id)][-1] == "in-progress"
+
+    # The same word again changes nothing; a status behind does not move a call back.
+    events = await db_conn.fetchval("SELECT count(*) FROM call_events")
+    again = await db.record_observed_calls(db_conn, [
+        db.Observation(second, "CA2", CallStatus.IN_PROGRESS, "human"),
+        db.Observation(first, "CA1", CallStatus.DIALING),
+    ], StatusSource.POLL)
+    assert again == {first: (AlertStatus.CALLING, [], False),
+                     second: (AlertStatus.CALLING, [], False)}
+    assert await db_conn.fetchval("SELECT count(*) FROM call_events") == events
+    assert await db_conn.fetchval("SELECT status FROM calls WHERE id = $1", first) == "queued"
