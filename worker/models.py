@@ -57,13 +57,17 @@ UNANSWERED_CALL_STATUSES = frozenset({CallStatus.QUEUED, CallStatus.RINGING})
 PROVIDER_STATUS_ALIASES = {"initiated": CallStatus.QUEUED, "answered": CallStatus.IN_PROGRESS}
 
 
+# Built once: every status the provider reports goes through provider_status.
+_PROVIDER_WORDS = {
+    **{s.value: s for s in CallStatus if s not in (CallStatus.PENDING, CallStatus.DIALING)},
+    **PROVIDER_STATUS_ALIASES,
+}
+
+
 def provider_status(reported: str) -> CallStatus | None:
     """A status as the provider reported it, in our vocabulary; None for a word we do not
     know (``pending`` and ``dialing`` are ours, never the provider's)."""
-    if reported in PROVIDER_STATUS_ALIASES:
-        return PROVIDER_STATUS_ALIASES[reported]
-    known = {s.value: s for s in CallStatus if s not in (CallStatus.PENDING, CallStatus.DIALING)}
-    return known.get(reported)
+    return _PROVIDER_WORDS.get(reported)
 
 
 #: Statuses a call moving to may change what its alert decides (answered, a round over, the
