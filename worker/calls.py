@@ -29,7 +29,7 @@ from worker.jobs import (
     run_again_in,
     take_calls,
 )
-from worker.logs import bind_job, get_logger
+from worker.logs import bind_job, get_logger, job_scope
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     LIVE_PROVIDER_STATUSES,
@@ -88,7 +88,7 @@ async def place_calls(ctx: dict[str, Any], chunk: list[Any]) -> str:
     number, a retry, a failure) goes on in the call's own job (worker/jobs.py)."""
     s: Services = ctx["services"]
     slots = {int(cid): int(slot) for cid, slot in chunk}
-    taken = await take_calls(s, list(slots))
+    taken = await take_calls(s, str(ctx.get("job_id", "")), list(slots))
     try:
         calls = await db.get_calls(s.db, taken)
         # Claimed together (a call that is not simply free is claimed alone, as it would be).
@@ -137,6 +137,7 @@ async def _place_one(ctx: dict[str, Any], s: Services, call_id: int, call: CallJ
                      created: list[tuple[CallJob, ProviderCall]]) -> str:
     """One call of a chunk: at its slot (when the chunk runs at its slots), ``_place``; what
     is left goes to the call's own job, as a single job's run would go on."""
+    job_scope(call=call_id)  # this task's own log scope (_place adds the alert)
     holds_slot = holds_rate_slot(ctx)
     own = call_ctx(ctx, holds_slot=holds_slot)
     if holds_slot:

@@ -165,24 +165,28 @@ _SINGLE_KIND = {"place_call": "call", "poll_call": "poll"}
 
 # A chunk takes its calls as a single job would be taken (the in-progress key of the call's
 # own job, which arq's job loop checks before starting that job), leaving out a call whose
-# own job is queued (its job key) or running (its in-progress key): that job handles it.
+# own job is queued (its job key) or running (its in-progress key): that job handles it. The
+# key names the chunk: a run of the same chunk after its replica died (arq starts it again
+# once the chunk's own in-progress key has expired) takes over what the dead run held.
 _TAKE_CALLS = """
--- KEYS: (in-progress key, job key) per call; ARGV: lifetime (ms), then the call ids
+-- KEYS: (in-progress key, job key) per call; ARGV: lifetime (ms), the chunk's job id, then
+-- the call ids
 local taken = {}
 for i = 1, #KEYS / 2 do
-  if redis.call('EXISTS', KEYS[2 * i - 1], KEYS[2 * i]) == 0 then
-    redis.call('PSETEX', KEYS[2 * i - 1], ARGV[1], '1')
-    table.insert(taken, ARGV[i + 1])
+  local holder = redis.call('GET', KEYS[2 * i - 1])
+  if (not holder or holder == ARGV[2]) and redis.call('EXISTS', KEYS[2 * i]) == 0 then
+    redis.call('PSETEX', KEYS[2 * i - 1], ARGV[1], ARGV[2])
+    table.insert(taken, ARGV[i + 2])
   end
 end
 return taken
 """
 
 
-async def take_calls(services: Services, call_ids: list[int]) -> list[int]:
-    """The calls of a chunk that this run may handle, each taken as its own job would be
-    (see ``_TAKE_CALLS``) until ``release_calls``, or for a job's lifetime if the replica
-    dies."""
+async def take_calls(services: Services, chunk_id: str, call_ids: list[int]) -> list[int]:
+    """The calls of chunk job ``chunk_id`` that this run may handle, each taken as its own
+    job would be (see ``_TAKE_CALLS``) until ``release_calls``, or for a job's lifetime if
+    the replica dies."""
     if not call_ids:
         return []
     keys: list[str] = []
@@ -191,7 +195,7 @@ async def take_calls(services: Services, call_ids: list[int]) -> list[int]:
         keys += [in_progress_key_prefix + jid, job_key_prefix + jid]
     lifetime_ms = int((services.settings.call_job_timeout_s + IN_PROGRESS_MARGIN_S) * 1000)
     taken = await services.redis.register_script(_TAKE_CALLS)(
-        keys=keys, args=[lifetime_ms, *call_ids])
+        keys=keys, args=[lifetime_ms, chunk_id, *call_ids])
     return [int(t) for t in taken]
 
 

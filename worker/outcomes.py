@@ -22,7 +22,7 @@ from typing import Any
 
 from worker import db, metrics
 from worker.jobs import call_ctx, run_again_delay, run_again_in
-from worker.logs import bind_job, get_logger
+from worker.logs import bind_job, get_logger, job_scope
 from worker.models import (
     CALLING_STOPPED_ALERT_STATUSES,
     DECISIVE_CALL_STATUSES,
@@ -127,9 +127,14 @@ class Decisions:
     alerts: set[int] = field(default_factory=set)
     lines: set[int] = field(default_factory=set)  # calls whose every alert is to decide
 
-    async def take(self, s: Services) -> None:
+    async def take(self, s: Services, calls: dict[int, CallJob]) -> None:
+        """Decide; each alert's lines name it as a job's do (its calls say which it is)."""
         alerts = self.alerts | set(await db.lines_alerts(s.db, sorted(self.lines)))
+        named = {call.alert: call for call in calls.values()}
         for alert_pk in sorted(alerts):
+            call = named.get(alert_pk)
+            job_scope(alert=alert_pk, alert_id=call.alert_id if call else None,
+                      tenant=call.tenant if call else None)
             await after_status_change(s, alert_pk)
 
 
@@ -143,6 +148,7 @@ async def record_provider_calls(
               if _simple(observed) and not observed.answered_by]
     for call, observed in placed:
         if (call, observed) not in simple:
+            _scope(call)
             await record_provider_call(s, call, observed, follow=follow)
     recorded = await db.record_observed_calls(
         s.db, [_observation(call, observed) for call, observed in simple], StatusSource.WORKER)
@@ -151,6 +157,7 @@ async def record_provider_calls(
         if found is None:
             continue  # the row is gone
         alert_status, alerts, _ = found
+        _scope(call)
         status = provider_status(observed.status) or CallStatus.QUEUED
         await _after_advance(s, call, observed, status, alerts, learned=False)
         await _after_recorded(s, call, observed, alert_status, follow)
@@ -369,7 +376,7 @@ async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
     decisions = Decisions()
     try:
         fetched = await asyncio.gather(
-            *(_fetch(own, s, calls.get(cid)) for own, cid in zip(owns, ids, strict=True)),
+            *(_fetch_one(own, s, cid, calls.get(cid)) for own, cid in zip(owns, ids, strict=True)),
             return_exceptions=True)
         observed = [(own, calls[cid], found)
                     for own, cid, found in zip(owns, ids, fetched, strict=True)
@@ -377,10 +384,10 @@ async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
         await apply_statuses(s, [(call, found) for _, call, found in observed],
                              StatusSource.POLL, decisions)
         followed = await asyncio.gather(
-            *(_after_poll(own, s, call, found) for own, call, found in observed),
+            *(_after_poll_one(own, s, call, found) for own, call, found in observed),
             return_exceptions=True)
     finally:
-        await decisions.take(s)  # what was applied is decided, whatever raised
+        await decisions.take(s, calls)  # what was applied is decided, whatever raised
     for result in (*fetched, *followed):
         if isinstance(result, BaseException):
             raise result
@@ -400,15 +407,34 @@ async def apply_statuses(s: Services, observed: list[tuple[CallJob, ProviderCall
     simple = [(call, found) for call, found in observed if _simple(found)]
     for call, found in observed:
         if not _simple(found):
+            _scope(call)
             await apply_status(s, call, found, source, decisions=decisions)
     recorded = await db.record_observed_calls(
         s.db, [_observation(call, found) for call, found in simple], source)
     for call, found in simple:
         if call.id in recorded:
+            _scope(call)
             _, alerts, learned = recorded[call.id]
             await _after_advance(s, call, found, provider_status(found.status)
                                  or CallStatus.QUEUED, alerts, learned=learned,
                                  decisions=decisions)
+
+
+def _scope(call: CallJob) -> None:
+    """The log scope of one call of a chunk (a chunk job has none of its own)."""
+    job_scope(call=call.id, alert=call.alert, alert_id=call.alert_id, tenant=call.tenant)
+
+
+async def _fetch_one(ctx: dict[str, Any], s: Services, call_id: int,
+                     call: CallJob | None) -> ProviderCall | str:
+    job_scope(call=call_id)  # this task's own scope: its lines name its call
+    return await _fetch(ctx, s, call)
+
+
+async def _after_poll_one(ctx: dict[str, Any], s: Services, call: CallJob,
+                          observed: ProviderCall) -> str:
+    _scope(call)
+    return await _after_poll(ctx, s, call, observed)
 
 
 def _simple(observed: ProviderCall) -> bool:

@@ -51,10 +51,10 @@ async def test_sigterm_during_fanout_finishes_calls_in_flight_and_exits_zero(
 
     async def leaving_has_posts_in_flight() -> bool:
         unanswered = [c for c in fake_twilio.creates() if c.status == 0]
-        return len(leaving.unfinished_jobs()) >= 5 and len(unanswered) >= 5
+        return len(leaving.unfinished_calls()) >= 5 and len(unanswered) >= 5
 
     await wait_for(leaving_has_posts_in_flight, 20, "calls in flight at the leaving replica")
-    in_flight = leaving.unfinished_jobs()
+    in_flight = leaving.unfinished_calls()
     assert in_flight
     sent_at = leaving.send(signal.SIGTERM)
     code = await leaving.wait_exit(GRACE_S + 10)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import json_lines
+from worker.queue import chunk_calls
 
 # arq's lines about a job, as worker/logs.py turns them into events (job.started and the
 # like are DEBUG: e2e workers log at debug unless a test says otherwise).
@@ -94,6 +95,11 @@ class WorkerProc:
                 remaining.remove(job)
         return set(remaining)
 
+    def unfinished_calls(self) -> set[int]:
+        """The calls of the place_call jobs this process started and had not finished: a
+        call's own job, or each call of a chunk job (``<prefix>calls:<ids>``)."""
+        return {call for job in self.unfinished_jobs() for call in call_ids_of(job)}
+
     # -------------------------------------------------------------- control
 
     async def ready(self, timeout: float = 20.0) -> WorkerProc:  # noqa: ASYNC109 - a deadline
@@ -140,3 +146,8 @@ class WorkerProc:
 SpawnWorker = Callable[..., WorkerProc]
 
 
+def call_ids_of(job: str) -> list[int]:
+    """``<prefix>call:<id>`` → ``[id]``; a chunk's ``<prefix>calls:<ids>`` → its ids."""
+    kind, spec = job.rsplit(":", 2)[-2:]
+    found = chunk_calls("", f"{kind}:{spec}")
+    return found[1] if found else [int(spec)]
