@@ -17,7 +17,7 @@ The window is ``per_window`` = the rate rounded up (10 at 10/s, 1 at 0.5/s) dial
 after the gate (the Redis reply, the HTTP client, the provider receiving the request), so that
 the provider too sees no more than the rate in any second. The schedule's interval is the
 window divided by ``per_window``, so jobs come due at the pace the gate admits and seldom wait
-at it: the long-run rate is ``DIAL_MARGIN_MS`` short of the one set (about 5 %, docs/
+at it: the long-run rate is the margin's share short of the one set (about 7 %, docs/
 contracts.md).
 """
 
