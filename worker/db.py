@@ -11,6 +11,7 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -508,6 +509,63 @@ async def mark_waiting(db: Executor, call_ids: Sequence[int]) -> None:
     )
 
 
+# What claim_line decides in one statement, under the lock on the number taken before it (a
+# statement's snapshot is taken when it starts, so the lock must be held by then: only then
+# does it see the claim that held the lock before it): the call marked waiting; whether the
+# number is in use (_LINE_IN_USE's test); the merge window left; the calls waiting for the
+# number; and, when the number is free, the window over and nobody waiting, the attempt
+# started (start_attempt's update) in the same update.
+_BEGIN_AND_LOCK = (
+    "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(phone, 9)) FROM calls WHERE id = %d"
+)
+_CLAIM = """
+WITH me AS (
+    SELECT c.id, c.phone, a.message,
+           extract(epoch FROM a.received_at + make_interval(secs => $3) - now())
+               AS window_left_s
+    FROM calls c JOIN alerts a ON a.id = c.alert
+    WHERE c.id = $1 AND c.status = $2 AND c.merged_into IS NULL
+), busy AS (
+    SELECT EXISTS (
+        SELECT 1 FROM calls o, me
+        WHERE o.phone = me.phone AND o.id <> me.id AND o.status = ANY($4::text[])
+          AND coalesce(o.attempt_started_at, o.updated_at) > now() - make_interval(secs => $5)
+    ) AS busy
+), waiting AS (
+    SELECT o.id, oa.message, o.waiting_since FROM calls o JOIN alerts oa ON oa.id = o.alert, me
+    WHERE o.phone = me.phone AND o.id <> me.id AND o.status = $2 AND o.merged_into IS NULL
+      AND o.waiting_since IS NOT NULL AND NOT oa.status = ANY($6::text[])
+      AND oa.received_at > now() - make_interval(secs => $7)
+    ORDER BY o.waiting_since, o.id
+    LIMIT 100
+), decided AS (
+    SELECT me.id, NOT busy.busy AND me.window_left_s <= 0
+                  AND NOT EXISTS (SELECT 1 FROM waiting) AS take
+    FROM me, busy
+), updated AS (
+    UPDATE calls c SET
+        waiting_since = coalesce(c.waiting_since, now()),
+        status = CASE WHEN d.take THEN $8 ELSE c.status END,
+        attempts = c.attempts + CASE WHEN d.take THEN 1 ELSE 0 END,
+        attempt_started_at = CASE WHEN d.take THEN now() ELSE c.attempt_started_at END,
+        updated_at = CASE WHEN d.take THEN now() ELSE c.updated_at END
+    FROM decided d
+    WHERE c.id = d.id
+    RETURNING c.id, c.status, c.attempts, d.take
+), recorded AS (
+    INSERT INTO call_events (call, status, source, detail)
+    SELECT id, status, $9, 'attempt ' || attempts FROM updated WHERE take
+)
+SELECT me.message, me.window_left_s, busy.busy,
+       (SELECT attempts FROM updated WHERE take) AS attempt,
+       coalesce((SELECT array_agg(id ORDER BY waiting_since, id) FROM waiting), '{}')
+           AS waiting_ids,
+       coalesce((SELECT array_agg(message ORDER BY waiting_since, id) FROM waiting), '{}')
+           AS waiting_messages
+FROM me, busy
+"""
+
+
 async def claim_line(
     conn: Connection,
     call_id: int,
@@ -526,69 +584,68 @@ async def claim_line(
     longer than ``stuck_s``), or its alert arrived less than ``window_s`` ago, it waits.
     Otherwise it takes the number: the calls waiting for it (oldest first, as many as
     ``fitting`` says one call can speak) are merged into it, and all of them start an
-    attempt together, in the same transaction, so no other claim can see the number free."""
-    async with conn.transaction():
-        call = await conn.fetchrow(
-            "SELECT phone, pg_advisory_xact_lock(hashtextextended(phone, 9)) FROM calls"
-            " WHERE id = $1",
+    attempt together, in the same transaction, so no other claim can see the number free.
+
+    Three round trips when nobody else waits for the number (the transaction begun and the
+    lock taken in one, the decision, the commit); two more to merge."""
+    try:
+        # One simple-protocol query (no parameters: the call id is an int, formatted as one).
+        await conn.execute(_BEGIN_AND_LOCK % int(call_id))
+        claim = await _claim_locked(conn, call_id, window_s=window_s, stuck_s=stuck_s,
+                                    max_age_s=max_age_s, fitting=fitting, source=source)
+    except BaseException:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return claim
+
+
+async def _claim_locked(
+    conn: Connection,
+    call_id: int,
+    *,
+    window_s: float,
+    stuck_s: float,
+    max_age_s: float,
+    fitting: Callable[[list[str]], int],
+    source: StatusSource,
+) -> LineClaim:
+    row = await conn.fetchrow(
+        _CLAIM,
+        call_id,
+        CallStatus.PENDING,
+        window_s,
+        [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES],
+        stuck_s,
+        list(CALLING_STOPPED_ALERT_STATUSES),
+        max_age_s,
+        CallStatus.DIALING,
+        source,
+    )
+    if row is None:
+        return LineClaim(kind="gone")  # no such call, merged into another, or not pending
+    if row["busy"]:
+        return LineClaim(kind="busy")
+    if row["window_left_s"] > 0:
+        return LineClaim(kind="window", wait_s=float(row["window_left_s"]))
+    if row["attempt"] is not None:  # nobody waiting: placed alone
+        return LineClaim(kind="claimed", attempt=int(row["attempt"]), merged=[],
+                         messages=[row["message"]])
+    waiting = list(zip(row["waiting_ids"], row["waiting_messages"], strict=True))
+    count = max(1, fitting([row["message"], *[message for _, message in waiting]]))
+    taken = sorted(waiting[: count - 1], key=lambda w: int(w[0]))
+    merged = [int(w[0]) for w in taken]
+    if merged:
+        await conn.execute(
+            "UPDATE calls SET merged_into = $1, updated_at = now() WHERE id = ANY($2::bigint[])",
             call_id,
+            merged,
         )
-        if call is None:
-            return LineClaim(kind="gone")
-        mine = await conn.fetchrow(
-            """
-            UPDATE calls c SET waiting_since = coalesce(c.waiting_since, now())
-            FROM alerts a
-            WHERE c.id = $1 AND a.id = c.alert AND c.status = $2 AND c.merged_into IS NULL
-            RETURNING a.message,
-                      extract(epoch FROM a.received_at + make_interval(secs => $3) - now())
-                          AS window_left_s
-            """,
-            call_id,
-            CallStatus.PENDING,
-            window_s,
-        )
-        if mine is None:
-            return LineClaim(kind="gone")  # merged into another call, or no longer pending
-        busy = await conn.fetchval(
-            _LINE_IN_USE,
-            call["phone"],
-            call_id,
-            [CallStatus.DIALING, *LIVE_PROVIDER_STATUSES],
-            stuck_s,
-        )
-        if busy:
-            return LineClaim(kind="busy")
-        if mine["window_left_s"] > 0:
-            return LineClaim(kind="window", wait_s=float(mine["window_left_s"]))
-        waiting = await conn.fetch(
-            """
-            SELECT c.id, a.message FROM calls c JOIN alerts a ON a.id = c.alert
-            WHERE c.phone = $1 AND c.id <> $2 AND c.status = $3 AND c.merged_into IS NULL
-              AND c.waiting_since IS NOT NULL AND NOT a.status = ANY($4::text[])
-              AND a.received_at > now() - make_interval(secs => $5)
-            ORDER BY c.waiting_since, c.id
-            LIMIT 100
-            """,
-            call["phone"],
-            call_id,
-            CallStatus.PENDING,
-            list(CALLING_STOPPED_ALERT_STATUSES),
-            max_age_s,
-        )
-        count = max(1, fitting([mine["message"], *[w["message"] for w in waiting]]))
-        taken = sorted(waiting[: count - 1], key=lambda w: int(w["id"]))
-        merged = [w["id"] for w in taken]
-        if merged:
-            await conn.execute(
-                "UPDATE calls SET merged_into = $1, updated_at = now()"
-                " WHERE id = ANY($2::bigint[])",
-                call_id,
-                merged,
-            )
-        attempt = await start_attempt(conn, call_id, source)
+    attempt = await start_attempt(conn, call_id, source)
     # What the call speaks, as line_messages reads it: its own alert's, then by call id.
-    messages = [mine["message"], *[w["message"] for w in taken]]
+    messages = [row["message"], *[message for _, message in taken]]
     return LineClaim(kind="claimed", attempt=attempt, merged=merged, messages=messages)
 
 
