@@ -102,7 +102,10 @@ class BoundedPool(asyncpg.Pool):
 
     @contextlib.asynccontextmanager
     async def _bounded(self, acquire_s: float) -> AsyncIterator[Any]:
-        conn = await super().acquire(timeout=acquire_s)
+        # Bounded with asyncio.timeout, not asyncpg's timeout argument: that is
+        # asyncio.wait_for, a task and a turn of the event loop more for every statement.
+        async with asyncio.timeout(acquire_s):
+            conn = await super().acquire()
         try:
             async with asyncio.timeout(self.bounds.hold_s):
                 yield conn
@@ -114,8 +117,8 @@ class BoundedPool(asyncpg.Pool):
 
     async def _give_back(self, conn: Any) -> None:
         try:
-            await asyncio.wait_for(self.release(conn, timeout=self.bounds.release_s),
-                                   self.bounds.release_s + 1)
+            async with asyncio.timeout(self.bounds.release_s + 1):
+                await self.release(conn, timeout=self.bounds.release_s)
         except (TimeoutError, asyncpg.InterfaceError, OSError):
             conn.terminate()
 

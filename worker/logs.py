@@ -73,9 +73,25 @@ def mask_document(value: Any) -> Any:
     return _mask_value(value)
 
 
+# Values with nothing to mask, by exact type: most fields are ids and counts, and checking
+# them first spares each one the isinstance checks below (ABC checks for Mapping among them).
+_PLAIN = frozenset({int, float, bool, type(None)})
+# Every pattern above needs at least two digits (the encoded one three): a string with fewer
+# cannot change, and most field values (statuses, names, event names) have none.
+_NOT_DIGITS = str.maketrans("", "", "0123456789")
+
+
+def _mask_string(text: str) -> str:
+    if type(text) is str and len(text) - len(text.translate(_NOT_DIGITS)) < 2:
+        return text  # (a str subclass, such as a status enum, still becomes a plain str)
+    return mask_phone_numbers(text)
+
+
 def _mask_value(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, str):
-        return mask_phone_numbers(value)
+        return _mask_string(value)
     if isinstance(value, Mapping):
         return {key: _mask_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set):

@@ -42,7 +42,7 @@ from worker.twiml import voicemail_twiml
 
 log = get_logger(__name__)
 
-POLL_FIRST_S = 0.25
+POLL_FIRST_S = 0.5
 _STATUS_LEVELS = {CallStatus.QUEUED: logging.DEBUG, CallStatus.RINGING: logging.DEBUG}
 POLL_MAX_S = 2.0
 
