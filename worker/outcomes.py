@@ -128,14 +128,18 @@ class Decisions:
     lines: set[int] = field(default_factory=set)  # calls whose every alert is to decide
 
     async def take(self, s: Services, calls: dict[int, CallJob]) -> None:
-        """Decide; each alert's lines name it as a job's do (its calls say which it is)."""
+        """Decide, the alerts side by side (an alert's decision is its own); each alert's
+        lines name it as a job's do (its calls say which it is)."""
         alerts = self.alerts | set(await db.lines_alerts(s.db, sorted(self.lines)))
         named = {call.alert: call for call in calls.values()}
-        for alert_pk in sorted(alerts):
+
+        async def decide(alert_pk: int) -> None:
             call = named.get(alert_pk)
             job_scope(alert=alert_pk, alert_id=call.alert_id if call else None,
                       tenant=call.tenant if call else None)
             await after_status_change(s, alert_pk)
+
+        await asyncio.gather(*(decide(alert_pk) for alert_pk in sorted(alerts)))
 
 
 async def record_provider_calls(
@@ -374,20 +378,20 @@ async def poll_calls(ctx: dict[str, Any], call_ids: list[Any]) -> str:
     calls = await db.get_calls(s.db, ids)
     owns = [call_ctx(ctx, holds_slot=True) for _ in ids]
     decisions = Decisions()
+    fetched = await asyncio.gather(
+        *(_fetch_one(own, s, cid, calls.get(cid)) for own, cid in zip(owns, ids, strict=True)),
+        return_exceptions=True)
+    observed = [(own, calls[cid], found)
+                for own, cid, found in zip(owns, ids, fetched, strict=True)
+                if isinstance(found, ProviderCall)]
     try:
-        fetched = await asyncio.gather(
-            *(_fetch_one(own, s, cid, calls.get(cid)) for own, cid in zip(owns, ids, strict=True)),
-            return_exceptions=True)
-        observed = [(own, calls[cid], found)
-                    for own, cid, found in zip(owns, ids, fetched, strict=True)
-                    if isinstance(found, ProviderCall)]
         await apply_statuses(s, [(call, found) for _, call, found in observed],
                              StatusSource.POLL, decisions)
-        followed = await asyncio.gather(
-            *(_after_poll_one(own, s, call, found) for own, call, found in observed),
-            return_exceptions=True)
     finally:
         await decisions.take(s, calls)  # what was applied is decided, whatever raised
+    followed = await asyncio.gather(
+        *(_after_poll_one(own, s, call, found) for own, call, found in observed),
+        return_exceptions=True)
     for result in (*fetched, *followed):
         if isinstance(result, BaseException):
             raise result

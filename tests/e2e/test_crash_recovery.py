@@ -203,6 +203,11 @@ async def test_entries_read_by_a_sigkilled_replica_are_reclaimed_and_every_event
         await client.aclose()
 
     assert second.logged("ingest.reclaimed"), "entries were not taken over by XAUTOCLAIM"
+
+    async def every_alert_decided() -> bool:  # decided just after its call's row moved
+        return not await db_conn.fetchval("SELECT count(*) FROM alerts WHERE status = 'calling'")
+
+    await wait_for(every_alert_decided, 5, "every alert decided")
     alerts = await db_conn.fetch("SELECT alert_id, status FROM alerts ORDER BY id")
     assert sorted(r["alert_id"] for r in alerts) == sorted(f"burst-{i}" for i in range(events))
     assert all(r["status"] == "answered" for r in alerts)
