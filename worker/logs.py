@@ -20,6 +20,7 @@ import logging
 import re
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Literal
 
@@ -286,11 +287,28 @@ class _DirectLogger:
 
     def _write(self, line: str) -> None:
         with _Output.lock:
-            stream = _Output.stream
-            stream.write(line + "\n")
-            stream.flush()
+            try:
+                stream = _Output.stream
+                stream.write(line + "\n")
+                stream.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                # As logging.StreamHandler does: an output that broke (a closed pipe) never
+                # breaks the code that logs; the error is reported on stderr.
+                _report_logging_error()
 
     debug = info = warning = error = critical = exception = _write
+
+
+def _report_logging_error() -> None:
+    if not (logging.raiseExceptions and sys.stderr):
+        return
+    try:
+        sys.stderr.write("--- Logging error ---\n")
+        traceback.print_exc(file=sys.stderr)
+    except OSError:
+        pass
 
 
 def _direct_logger(*args: Any) -> _DirectLogger:
