@@ -145,7 +145,8 @@ async def open_services(settings: Settings, redis: ArqRedis) -> Services:
         db=pool,
         redis=redis,
         provider=measured_provider(settings, redis, keys),
-        limiter=RateLimiter(redis, keys.rate_limit, settings.calls_per_second),
+        limiter=RateLimiter(redis, keys.rate_limit, settings.calls_per_second,
+                            dials_key=keys.dial_window),
         dedup=DedupLock(redis, keys),
     )
 

@@ -189,6 +189,8 @@ async def _dial(s: Services, call: CallJob, attempt: int, messages: list[str]) -
     messages = messages or [call.message]
     metrics.dialing(call, attempt)
     bound.info("call.dialing", to=call.phone, attempt=attempt, alerts=len(messages))
+    # The gate holds every 1 s window at the rate, whatever delayed or bunched the jobs.
+    await s.limiter.admit_dial(f"{call.id}:{attempt}")
     started = time.monotonic()
     try:
         placed = await s.provider.create_call(

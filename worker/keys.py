@@ -61,6 +61,12 @@ class Keys:
         """The global outbound-call schedule (GCRA theoretical arrival time)."""
         return f"{self.prefix}ratelimit:calls"
 
+    @property
+    def dial_window(self) -> str:
+        """The call rate's dial gate: a sorted set of the latest dials (worker/ratelimit.py),
+        each scored by the Redis time it was admitted at, in epoch microseconds."""
+        return f"{self.prefix}ratelimit:dials"
+
     def api_requests(self, key_id: str) -> str:
         """One HTTP API token's request-rate schedule (GCRA theoretical arrival time)."""
         return f"{self.prefix}ratelimit:api:{key_id}"

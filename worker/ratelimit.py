@@ -1,14 +1,36 @@
 """The global outbound call rate, shared by every replica (VOICEALERT_CALLS_PER_SECOND).
 
-A GCRA schedule in one Redis key: reserving N calls returns N start times spaced one
-interval apart, after whatever earlier reservations hold. Jobs are scheduled for their slot
-(arq's deferred score), so no worker sleeps holding a job slot, and a storm of 300 calls at
-1 CPS is simply a 300-second schedule, the same across replicas.
+Two parts, both in Redis, both global:
+
+- **The schedule** (``reserve``): a GCRA schedule in one Redis key: reserving N calls returns
+  N start times spaced one interval apart, after whatever earlier reservations hold. Jobs are
+  scheduled for their slot (arq's deferred score), so no worker sleeps holding a job slot, and
+  a storm of 300 calls at 1 CPS is simply a 300-second schedule, the same across replicas.
+- **The dial gate** (``admit_dial``), right before each POST: a call may dial only if fewer
+  than ``per_window`` dials were admitted in the last ``window_ms``. Slots alone cannot keep
+  every second at the rate: between a call's slot and its POST lie the job start and the
+  claim transaction, which vary by tens of ms under load, and a replica starved of the CPU
+  starts its overdue jobs together. The gate holds the window whatever the jobs do.
+
+The window is ``per_window`` = the rate rounded up (10 at 10/s, 1 at 0.5/s) dials per
+``per_window / rate`` seconds plus ``DIAL_MARGIN_MS``: the margin covers what still varies
+after the gate (the Redis reply, the HTTP client, the provider receiving the request), so that
+the provider too sees no more than the rate in any second. The schedule's interval is the
+window divided by ``per_window``, so jobs come due at the pace the gate admits and seldom wait
+at it: the long-run rate is the margin's share short of the one set (about 7 %, docs/
+contracts.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
+
 import redis.asyncio
+
+#: What the window adds to ``per_window / rate`` seconds (see the module docstring): more than
+#: the gate-to-provider time varies by on a loaded machine (measured: docs/benchmarks.md).
+DIAL_MARGIN_MS = 75.0
 
 # Slots within one reservation are spaced by the exact interval, which may be a fraction of a
 # millisecond (0.1 ms at 10,000 calls/s); a Lua number returned to Redis becomes an integer, so
@@ -33,12 +55,43 @@ redis.call('SET', KEYS[1], tat, 'PX', math.max(tat - now_ms, 1) + 1000)
 return slots
 """
 
+# The gate: a sorted set of the latest ``per_window`` admitted dials, scored by their Redis
+# time in epoch microseconds (exact in a double). A dial is admitted when the set holds fewer,
+# or the oldest of them is at least the window old; the check and the record are one script,
+# so two replicas cannot both take the last place. Returns {1, admitted at (µs)} or {0, µs to
+# wait before asking again}.
+_ADMIT = """
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window_us = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= n then
+  local oldest = redis.call('ZRANGE', KEYS[1], -n, -n, 'WITHSCORES')
+  local free_at = tonumber(oldest[2]) + window_us
+  if free_at > now_us then
+    return {0, free_at - now_us}
+  end
+end
+redis.call('ZADD', KEYS[1], now_us, now_us .. ':' .. ARGV[3])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
+redis.call('PEXPIRE', KEYS[1], math.ceil(window_us / 1000) + 1000)
+return {1, now_us}
+"""
+
 
 class RateLimiter:
-    def __init__(self, client: redis.asyncio.Redis, key: str, calls_per_second: float) -> None:
+    def __init__(self, client: redis.asyncio.Redis, key: str, calls_per_second: float, *,
+                 dials_key: str | None = None) -> None:
         self._key = key
+        self._dials_key = dials_key
         self._reserve = client.register_script(_RESERVE)
-        self.interval_ms = 1000 / calls_per_second
+        self._admit = client.register_script(_ADMIT)
+        #: Dials the gate admits per window: the rate rounded up, at least one.
+        self.per_window = max(1, math.ceil(calls_per_second))
+        #: The gate's window: ``per_window`` calls at the rate set, plus the margin.
+        self.window_ms = self.per_window * 1000 / calls_per_second + DIAL_MARGIN_MS
+        #: The schedule's spacing: the window shared out, so slots come at the gate's pace.
+        self.interval_ms = self.window_ms / self.per_window
 
     async def reserve(self, count: int, *, not_before_ms: int = 0) -> list[int]:
         """Reserve ``count`` call starts, none before ``not_before_ms``; returns their times
@@ -48,3 +101,17 @@ class RateLimiter:
         slots = await self._reserve(keys=[self._key], args=[repr(self.interval_ms), str(count),
                                                             str(not_before_ms)])
         return [int(s) for s in slots]
+
+    async def admit_dial(self, tag: str) -> int:
+        """Wait until the window lets one more call dial, and count it as dialing now (call
+        right before the POST); returns when it was admitted, epoch microseconds (Redis
+        clock). ``tag`` names the dial in the record (the call id and attempt)."""
+        if self._dials_key is None:
+            raise RuntimeError("this RateLimiter has no dial gate (dials_key)")
+        while True:
+            admitted, value = await self._admit(
+                keys=[self._dials_key],
+                args=[repr(self.window_ms * 1000), str(self.per_window), tag])
+            if int(admitted):
+                return int(value)
+            await asyncio.sleep(int(value) / 1_000_000)

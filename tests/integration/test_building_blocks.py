@@ -4,7 +4,9 @@ batched job enqueue, the simulated provider."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
+import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +18,7 @@ from worker.dedup import DedupLock, LockRequest
 from worker.keys import Keys
 from worker.providers import CallOptions
 from worker.queue import PLACE_CALL, ScheduledJob, enqueue_many, job_id, json_deserializer
-from worker.ratelimit import RateLimiter
+from worker.ratelimit import DIAL_MARGIN_MS, RateLimiter
 from worker.simulated import SimulatedProvider, parse_outcomes
 
 
@@ -102,8 +104,11 @@ async def test_rate_limiter_spaces_reservations_across_callers(
     first = await one.reserve(3)
     second = await two.reserve(2)
     slots = first + second
-    gaps = [b - a for a, b in itertools.pairwise(slots)]
-    assert gaps == [100, 100, 100, 100]
+    # 10 per second plus the dial margin: the schedule comes at the pace the gate admits.
+    assert one.interval_ms == (1000 + DIAL_MARGIN_MS) / 10
+    assert all(b - a in (int(one.interval_ms), math.ceil(one.interval_ms))
+               for a, b in itertools.pairwise(slots))
+    assert slots[-1] - slots[0] == int(4 * one.interval_ms)
 
 
 async def test_rate_limiter_does_not_bank_idle_time(
@@ -116,34 +121,85 @@ async def test_rate_limiter_does_not_bank_idle_time(
     seconds, micros = await client.time()
     now_ms = seconds * 1000 + micros // 1000
     assert later[0] >= now_ms - 50  # no burst credit from the idle 300 ms
-    assert later[1] - later[0] == 50
+    assert later[1] - later[0] == int(limiter.interval_ms)
 
 
 async def test_rate_limiter_spaces_calls_below_a_millisecond_at_high_rates(
     client: redis.asyncio.Redis, prefix: str
 ) -> None:
-    # 10,000 calls/s (the cap): 0.1 ms apart, so 1,000 calls span 100 ms, in two callers.
+    # 10,000 calls/s (the cap): about 0.1 ms apart (0.1 ms and the margin's share), so 1,000
+    # calls span about 100 ms, in two callers.
     keys = Keys(prefix)
     one = RateLimiter(client, keys.rate_limit, calls_per_second=10_000)
     two = RateLimiter(client, keys.rate_limit, calls_per_second=10_000)
     slots = await one.reserve(500) + await two.reserve(500)
     assert slots == sorted(slots)
-    assert 99 <= slots[-1] - slots[0] <= 100
+    span = 999 * one.interval_ms
+    assert int(span) - 1 <= slots[-1] - slots[0] <= math.ceil(span)
     per_ms = max(slots.count(s) for s in set(slots))
-    assert per_ms <= 11  # ten per millisecond, one more where the fraction rounds
+    assert per_ms <= 10  # never more than the rate's share of a millisecond
 
 
 async def test_rate_limiter_stores_a_whole_millisecond_schedule(
     client: redis.asyncio.Redis, prefix: str
 ) -> None:
-    # 3 calls/s is 333.3 ms apart; what is stored stays an integer, never ahead of the rate,
-    # so a replica of the previous version (integer arithmetic) reads it during an upgrade.
+    # At 3 calls/s slots are a fraction of a millisecond apart; what is stored stays an
+    # integer, never ahead of the rate, so a replica of the previous version (integer
+    # arithmetic) reads it during an upgrade.
     key = Keys(prefix).rate_limit
-    slots = await RateLimiter(client, key, calls_per_second=3).reserve(4)
+    limiter = RateLimiter(client, key, calls_per_second=3)
+    slots = await limiter.reserve(4)
     stored = (await client.get(key)).decode()
     assert stored.isdigit()
-    assert int(stored) >= slots[0] + 4 * 1000 / 3
-    assert {b - a for a, b in itertools.pairwise(slots)} <= {333, 334}
+    assert int(stored) >= slots[0] + 4 * limiter.interval_ms
+    gap = limiter.interval_ms
+    assert {b - a for a, b in itertools.pairwise(slots)} <= {int(gap), math.ceil(gap)}
+
+
+@pytest.mark.parametrize(("rate", "per_window", "window_ms"), [
+    (10, 10, 1000 + DIAL_MARGIN_MS),
+    (1, 1, 1000 + DIAL_MARGIN_MS),
+    (0.5, 1, 2000 + DIAL_MARGIN_MS),  # one call per two seconds
+    (2.5, 3, 1200 + DIAL_MARGIN_MS),  # three per 1.2 s: the rate, over whole calls
+])
+async def test_dial_gate_window_holds_the_rate_in_whole_calls(
+    client: redis.asyncio.Redis, rate: float, per_window: int, window_ms: float
+) -> None:
+    limiter = RateLimiter(client, "unused", calls_per_second=rate)
+    assert (limiter.per_window, limiter.window_ms) == (per_window, window_ms)
+    assert limiter.interval_ms == window_ms / per_window
+
+
+async def test_dial_gate_holds_every_window_at_the_rate_across_replicas_in_a_burst(
+    redis_url: str, prefix: str
+) -> None:
+    # Three replicas (connections of their own) each dial 12 calls at once, as replicas
+    # starting overdue jobs together would. Asserted on the gate's own record of when each
+    # dial was admitted (Redis's clock, inside the script that checks and records): no
+    # window of the gate's width, and so no 1 s window, holds more than the rate.
+    keys = Keys(prefix)
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(3)]
+    try:
+        limiters = [RateLimiter(c, keys.rate_limit, calls_per_second=10,
+                                dials_key=keys.dial_window) for c in clients]
+        admitted = await asyncio.gather(*(
+            limiter.admit_dial(f"{r}:{i}") for r, limiter in enumerate(limiters)
+            for i in range(12)))
+    finally:
+        for c in clients:
+            await c.aclose()
+    times = sorted(admitted)
+    assert len(set(times)) == 36
+    window_us = limiters[0].window_ms * 1000
+    most = max(bisect.bisect_left(times, t + window_us) - i for i, t in enumerate(times))
+    assert most == 10  # the first ten at once, then never an eleventh within the window
+    spans = [times[i + 10] - times[i] for i in range(len(times) - 10)]
+    assert min(spans) >= window_us
+
+
+async def test_dial_gate_needs_its_key(client: redis.asyncio.Redis) -> None:
+    with pytest.raises(RuntimeError, match="dial gate"):
+        await RateLimiter(client, "unused", calls_per_second=1).admit_dial("1:1")
 
 
 async def test_enqueue_many_skips_jobs_already_queued(arq_redis: ArqRedis, prefix: str) -> None:

@@ -70,3 +70,19 @@ async def test_duplicates_of_several_events_in_one_call_are_each_a_row_counted_o
         "SELECT owner_key, stream_id, alert_id, event_id FROM duplicate_events ORDER BY 1, 2")
     assert [tuple(r) for r in rows] == sorted(
         (d.owner_key, d.stream_id, d.alert_id, d.event_id) for d in [*storm, *retried])
+
+
+async def test_a_batch_mixing_new_and_redelivered_duplicates_counts_only_the_new(
+    db_conn: asyncpg.Connection,
+) -> None:
+    await db.create_alert(db_conn, alert(), [Member(name="A", phone="+14155550100")],
+                          StatusSource.WORKER)
+    first = [Duplicate("default", OWNER, f"{n}-0", "storm", None) for n in range(2, 5)]
+    await db.record_duplicates(db_conn, first)
+    # A batch read again after a crash before its XACK, with entries that came after it.
+    again = [*first[1:], *(Duplicate("default", OWNER, f"{n}-0", "storm", None)
+                           for n in range(5, 7))]
+    await db.record_duplicates(db_conn, again)
+    assert await db_conn.fetchval("SELECT duplicates FROM alerts WHERE event_key = $1",
+                                  OWNER) == 5
+    assert await db_conn.fetchval("SELECT count(*) FROM duplicate_events") == 5
