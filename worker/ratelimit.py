@@ -56,26 +56,45 @@ return slots
 """
 
 # The gate: a sorted set of the latest ``per_window`` admitted dials, scored by their Redis
-# time in epoch microseconds (exact in a double). A dial is admitted when the set holds fewer,
-# or the oldest of them is at least the window old; the check and the record are one script,
-# so two replicas cannot both take the last place. Returns {1, admitted at (µs)} or {0, µs to
+# time in epoch microseconds (exact in a double). Dials asked for together (one per ARGV from
+# the third) are taken in order: each is admitted when the set holds fewer than
+# ``per_window``, or the ``per_window``-th latest is at least the window old; the check and
+# the record are one script, so two replicas cannot both take the last place. Each admitted
+# dial is recorded at the Redis time, or one microsecond after the latest recorded if that is
+# not earlier (a batch's dials get distinct, consecutive stamps; a stamp is never before the
+# dial, so the window between recorded dials is never shorter than between real ones).
+# Returns {how many were admitted (the first ones), the first one's stamp (µs), µs the rest
 # wait before asking again}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window_us = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
-if redis.call('ZCARD', KEYS[1]) >= n then
-  local oldest = redis.call('ZRANGE', KEYS[1], -n, -n, 'WITHSCORES')
-  local free_at = tonumber(oldest[2]) + window_us
-  if free_at > now_us then
-    return {0, free_at - now_us}
+local stamp = now_us
+local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if latest[2] and tonumber(latest[2]) >= stamp then stamp = tonumber(latest[2]) + 1 end
+local first = stamp
+local count = redis.call('ZCARD', KEYS[1])
+local admitted, wait = 0, 0
+for i = 3, #ARGV do
+  if count >= n then
+    local oldest = redis.call('ZRANGE', KEYS[1], -n, -n, 'WITHSCORES')
+    local free_at = tonumber(oldest[2]) + window_us
+    if free_at > now_us then
+      wait = free_at - now_us
+      break
+    end
   end
+  redis.call('ZADD', KEYS[1], stamp, stamp .. ':' .. ARGV[i])
+  stamp = stamp + 1
+  count = count + 1
+  admitted = admitted + 1
 end
-redis.call('ZADD', KEYS[1], now_us, now_us .. ':' .. ARGV[3])
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
-redis.call('PEXPIRE', KEYS[1], math.ceil(window_us / 1000) + 1000)
-return {1, now_us}
+if admitted > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(n + 1))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window_us / 1000) + 1000)
+end
+return {admitted, first, wait}
 """
 
 
@@ -86,6 +105,9 @@ class RateLimiter:
         self._dials_key = dials_key
         self._reserve = client.register_script(_RESERVE)
         self._admit = client.register_script(_ADMIT)
+        #: Dials asked for in this turn of the event loop, sent together at its end.
+        self._asked: list[tuple[str, asyncio.Future[tuple[bool, int]]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
         #: Dials the gate admits per window: the rate rounded up, at least one.
         self.per_window = max(1, math.ceil(calls_per_second))
         #: The gate's window: ``per_window`` calls at the rate set, plus the margin.
@@ -105,13 +127,55 @@ class RateLimiter:
     async def admit_dial(self, tag: str) -> int:
         """Wait until the window lets one more call dial, and count it as dialing now (call
         right before the POST); returns when it was admitted, epoch microseconds (Redis
-        clock). ``tag`` names the dial in the record (the call id and attempt)."""
+        clock; dials admitted together get consecutive microseconds). ``tag`` names the
+        dial in the record (the call id and attempt).
+
+        The dials asked for in the same turn of the event loop (a chunk's calls reaching
+        their POST together) go to the gate in one script, each taking its own place in the
+        window in turn, as one script per dial would have given them."""
         if self._dials_key is None:
             raise RuntimeError("this RateLimiter has no dial gate (dials_key)")
         while True:
-            admitted, value = await self._admit(
-                keys=[self._dials_key],
-                args=[repr(self.window_ms * 1000), str(self.per_window), tag])
-            if int(admitted):
-                return int(value)
-            await asyncio.sleep(int(value) / 1_000_000)
+            admitted, value = await self._ask(tag)
+            if admitted:
+                return value
+            await asyncio.sleep(value / 1_000_000)
+
+    def _ask(self, tag: str) -> asyncio.Future[tuple[bool, int]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bool, int]] = loop.create_future()
+        if not self._asked:
+            loop.call_soon(self._send_asked)
+        self._asked.append((tag, future))
+        return future
+
+    def _send_asked(self) -> None:
+        asked, self._asked = self._asked, []
+        task = asyncio.get_running_loop().create_task(self._admit_asked(asked))
+        self._sending.add(task)  # (a task nobody refers to may be collected while it runs)
+        task.add_done_callback(self._sending.discard)
+
+    async def _admit_asked(self, asked: list[tuple[str, asyncio.Future[tuple[bool, int]]]]
+                           ) -> None:
+        key = self._dials_key
+        assert key is not None  # (admit_dial checked)
+        try:
+            admitted, first, wait = await self._admit(
+                keys=[key],
+                args=[repr(self.window_ms * 1000), str(self.per_window),
+                      *(tag for tag, _ in asked)])
+        except asyncio.CancelledError:
+            for _, future in asked:
+                future.cancel()
+            raise
+        except Exception as exc:  # each dial fails as its own script's error would fail it
+            for _, future in asked:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        admitted, first, wait = int(admitted), int(first), int(wait)
+        for i, (_, future) in enumerate(asked):
+            # A dial whose caller was cancelled meanwhile stays counted if admitted: the
+            # record then holds one dial more than were made, never one fewer.
+            if not future.done():
+                future.set_result((True, first + i) if i < admitted else (False, wait))

@@ -197,6 +197,38 @@ async def test_dial_gate_holds_every_window_at_the_rate_across_replicas_in_a_bur
     assert min(spans) >= window_us
 
 
+async def test_dial_gate_admits_dials_asked_together_in_one_script_each_at_its_place(
+    redis_url: str, prefix: str
+) -> None:
+    # Two replicas each reach 15 POSTs in the same turn of their event loop (a chunk's calls
+    # at their slots): each replica's dials go to the gate as one script per turn, and still
+    # take their places one by one: the first script admits as many as the window holds (at
+    # consecutive microseconds), the rest wait, and no window ever holds more than the rate.
+    keys = Keys(prefix)
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+    try:
+        limiters = [RateLimiter(c, keys.rate_limit, calls_per_second=10,
+                                dials_key=keys.dial_window) for c in clients]
+        first = await asyncio.gather(*(limiters[0].admit_dial(f"0:{i}") for i in range(10)))
+        admitted = first + await asyncio.gather(*(
+            limiter.admit_dial(f"{r}:{i}") for r, limiter in enumerate(limiters)
+            for i in range(10 if r == 0 else 15, 15 if r == 0 else 30)))
+        record = await clients[0].zrange(keys.dial_window, 0, -1, withscores=True)
+    finally:
+        for c in clients:
+            await c.aclose()
+    # One script, in the order asked (separate scripts are a round trip apart, not 1 µs).
+    assert first == list(range(first[0], first[0] + 10))
+    times = sorted(admitted)
+    assert len(set(times)) == 30
+    window_us = limiters[0].window_ms * 1000
+    most = max(bisect.bisect_left(times, t + window_us) - i for i, t in enumerate(times))
+    assert most == 10
+    assert min(times[i + 10] - times[i] for i in range(len(times) - 10)) >= window_us
+    # The gate keeps the latest ten, each recorded at the time returned to its caller.
+    assert sorted(int(score) for _, score in record) == times[-10:]
+
+
 async def test_dial_gate_needs_its_key(client: redis.asyncio.Redis) -> None:
     with pytest.raises(RuntimeError, match="dial gate"):
         await RateLimiter(client, "unused", calls_per_second=1).admit_dial("1:1")
