@@ -187,6 +187,15 @@ async def all_calls_completed(conn: asyncpg.Connection, alert_id: str, count: in
     return len(rows) == count and all(r.status == CallStatus.COMPLETED for r in rows)
 
 
+async def alert_decided(conn: asyncpg.Connection, alert_id: str, status: str) -> bool:
+    """Whether the alert's newest row has ``status``. An alert is decided from its calls'
+    statuses in the job that recorded them, a moment after the call rows: wait for it with
+    ``wait_for`` after the calls ended, rather than reading it once."""
+    found = await conn.fetchval(
+        "SELECT status FROM alerts WHERE alert_id = $1 ORDER BY id DESC LIMIT 1", alert_id)
+    return bool(found == status)
+
+
 async def statuses_of(conn: asyncpg.Connection, alert_id: str,
                       tenant: str | None = None) -> list[str]:
     """Call statuses in ring order (alert rows oldest first, then position)."""

@@ -24,6 +24,7 @@ from tests.e2e.workers import SpawnWorker
 from tests.helpers import (
     PHONES,
     REPO,
+    alert_decided,
     alert_rows,
     all_calls_completed,
     make_group,
@@ -69,6 +70,7 @@ async def test_a_202_puts_exactly_one_entry_on_the_stream_and_a_worker_rings(
     await wait_for(lambda: all_calls_completed(db_conn, "db-down", len(PHONES)), 20,
                    "every member rung")
     assert sorted(c.form["To"][0] for c in fake_twilio.creates()) == sorted(PHONES)
+    await wait_for(lambda: alert_decided(db_conn, "db-down", "answered"), 5, "alert answered")
 
     read = await web.request("GET", "/v1/alerts/db-down", token=token)
     assert read.status == 200, read

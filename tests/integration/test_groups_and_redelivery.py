@@ -10,6 +10,7 @@ from arq.connections import ArqRedis
 from testing.fake_twilio import FakeTwilio
 from tests.helpers import (
     PHONES,
+    alert_decided,
     alert_rows,
     alert_status,
     all_calls_completed,
@@ -53,6 +54,7 @@ async def test_unknown_group_rings_nobody_is_dead_lettered_and_a_corrected_retry
     await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
                    what="retry's calls complete")
     assert sorted(posted_to(fake_twilio)) == PHONES
+    await wait_for(lambda: alert_decided(db_conn, "db-down", "answered"), 5, "alert answered")
     assert [r["status"] for r in await alert_rows(db_conn, "db-down")] == [
         "unknown_group", "answered"]
     assert await db_conn.fetchval("SELECT count(*) FROM dead_letters") == 1
@@ -75,6 +77,7 @@ async def test_event_resent_with_same_event_id_after_group_is_created_rings(
     await wait_for(lambda: all_calls_completed(db_conn, "db-down", 3),
                    what="retry's calls complete")
     assert sorted(posted_to(fake_twilio)) == PHONES
+    await wait_for(lambda: alert_decided(db_conn, "db-down", "answered"), 5, "alert answered")
     rows = await alert_rows(db_conn, "db-down")
     assert [(r["event_id"], r["status"], r["duplicates"]) for r in rows] == [
         ("evt-7", "answered", 0)]
@@ -123,6 +126,7 @@ async def test_entry_left_pending_by_a_dead_consumer_is_reclaimed_and_rings_once
                    what="reclaimed entry's calls")
     await wait_for(lambda: stream_drained(arq_redis, keys), what="reclaimed entry acknowledged")
     assert sorted(posted_to(fake_twilio)) == PHONES
+    await wait_for(lambda: alert_decided(db_conn, "db-down", "answered"), 5, "alert answered")
     rows = await alert_rows(db_conn, "db-down")
     assert [(r["stream_id"], r["duplicates"]) for r in rows] == [(entry, 0)]
     assert [c.attempts for c in await calls_of(db_conn, "db-down")] == [1, 1, 1]

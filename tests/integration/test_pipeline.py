@@ -8,7 +8,14 @@ import asyncpg
 
 from producers import AlertProducer
 from testing.fake_twilio import FakeTwilio
-from tests.helpers import FROM_NUMBER, PHONES, all_calls_completed, make_group, wait_for
+from tests.helpers import (
+    FROM_NUMBER,
+    PHONES,
+    alert_decided,
+    all_calls_completed,
+    make_group,
+    wait_for,
+)
 from worker import db
 from worker.config import Settings
 
@@ -31,5 +38,4 @@ async def test_event_to_three_member_group_places_three_calls_that_complete(
     rows = await db.list_calls(db_conn, alert_id="db-down")
     assert all(r.provider_sid and r.provider_sid.startswith("CA") for r in rows)
     assert all(r.duration_s and r.duration_s >= 1 for r in rows)
-    alert_status = await db_conn.fetchval("SELECT status FROM alerts WHERE alert_id = 'db-down'")
-    assert alert_status == "answered"
+    await wait_for(lambda: alert_decided(db_conn, "db-down", "answered"), 5, "alert answered")
