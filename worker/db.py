@@ -12,7 +12,7 @@ the same statement (a data-modifying CTE), with the ``StatusSource`` its caller 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
@@ -609,18 +609,25 @@ async def claim_line(
 
     Three round trips when nobody else waits for the number (the transaction begun and the
     lock taken in one, the decision, the commit); two more to merge."""
+    # One simple-protocol query (no parameters: the call id is an int, formatted as one).
+    async with _transaction_begun_by(conn, _BEGIN_AND_LOCK % int(call_id)):
+        return await _claim_locked(conn, call_id, window_s=window_s, stuck_s=stuck_s,
+                                   max_age_s=max_age_s, fitting=fitting, source=source)
+
+
+@contextlib.asynccontextmanager
+async def _transaction_begun_by(conn: Connection, begin: str) -> AsyncIterator[None]:
+    """A transaction that ``begin`` starts (and takes its locks in, one round trip),
+    committed when the block ends, rolled back when it raises."""
     try:
-        # One simple-protocol query (no parameters: the call id is an int, formatted as one).
-        await conn.execute(_BEGIN_AND_LOCK % int(call_id))
-        claim = await _claim_locked(conn, call_id, window_s=window_s, stuck_s=stuck_s,
-                                    max_age_s=max_age_s, fitting=fitting, source=source)
+        await conn.execute(begin)
+        yield
     except BaseException:
         if not conn.is_closed():
             with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")
-    return claim
 
 
 async def _claim_locked(
@@ -728,8 +735,8 @@ async def claim_lines(
     over) are claimed; for the others nothing changed (None), and ``claim_line`` decides."""
     if not call_ids:
         return {}
-    try:
-        await conn.execute(_BEGIN_AND_LOCK_ALL % ",".join(str(int(c)) for c in call_ids))
+    async with _transaction_begun_by(
+            conn, _BEGIN_AND_LOCK_ALL % ",".join(str(int(c)) for c in call_ids)):
         rows = await conn.fetch(
             _CLAIM_ALL,
             list(call_ids),
@@ -742,12 +749,6 @@ async def claim_lines(
             CallStatus.DIALING,
             source,
         )
-    except BaseException:
-        if not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
-        raise
-    await conn.execute("COMMIT")
     return {row["id"]: LineClaim(kind="claimed", attempt=int(row["attempts"]),
                                  messages=[row["message"]]) for row in rows}
 
